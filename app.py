@@ -1,0 +1,14 @@
+"""LLM-jp chat demo: read settings, build the app, launch."""
+
+import logging
+
+from webapp import create_app, launch_options
+from webapp.settings import Settings
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+demo = create_app(Settings())
+
+if __name__ == "__main__":
+    # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by launch() itself.
+    demo.queue(default_concurrency_limit=1).launch(**launch_options())

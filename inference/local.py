@@ -1,0 +1,180 @@
+"""The local backend: transformers models on this machine's GPU or CPU."""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from inference import hub, prompts, tiny
+from inference.errors import AppError, GenerationFailed, InvalidInput, OutOfMemory
+from inference.prompts import Message
+from inference.registry import Architecture, ModelSpec
+from inference.sampling import SamplingOptions
+from inference.streaming import IncrementalDecoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A model ready to generate, with its tokenizer."""
+
+    model: Any
+    tokenizer: Any
+
+
+def attention_implementation() -> str:
+    """flash-attn where it is installed and a GPU is present, else PyTorch SDPA."""
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+class _StopOnEvent(StoppingCriteria):
+    """Ends generation at the next token step once the request is cancelled."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _DeltaStreamer(BaseStreamer):
+    """Feeds generated ids (not the prompt) to an ``IncrementalDecoder``."""
+
+    def __init__(self, tokenizer: Any, emit: Callable[[str], None]) -> None:
+        self.decoder = IncrementalDecoder(tokenizer)
+        self.emit = emit
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate() first passes the prompt itself
+            self.prompt_seen = True
+            return
+        if text := self.decoder.push(value.reshape(-1).tolist()):
+            self.emit(text)
+
+    def end(self) -> None:
+        if text := self.decoder.flush():
+            self.emit(text)
+
+
+class TransformersBackend:
+    """Loads checkpoints lazily and generates with ``model.generate``."""
+
+    def __init__(self, *, models_dir: Path, hf_token: str | None = None, max_loaded: int = 1) -> None:
+        self.models_dir = models_dir
+        self._token = hf_token
+        self._max_loaded = max_loaded
+        self._loaded: OrderedDict[str, Loaded] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def is_loaded(self, model_id: str) -> bool:
+        """Whether ``model_id`` is in memory now."""
+        return model_id in self._loaded
+
+    def load(self, spec: ModelSpec) -> Loaded:
+        """The loaded model for ``spec``, loading it (and evicting others) if needed."""
+        with self._lock:
+            if spec.id in self._loaded:
+                self._loaded.move_to_end(spec.id)
+                return self._loaded[spec.id]
+            while len(self._loaded) >= self._max_loaded:
+                self._evict()
+            loaded = self._load(spec)
+            self._loaded[spec.id] = loaded
+            return loaded
+
+    def _evict(self) -> None:
+        model_id, _ = self._loaded.popitem(last=False)
+        log.info("unloading %s", model_id)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _load(self, spec: ModelSpec) -> Loaded:
+        source: str | Path = spec.source
+        if spec.tiny:
+            source = tiny.ensure(Architecture(spec.source), self.models_dir)
+        gpu = torch.cuda.is_available()
+        # Half precision is for GPUs; on a CPU bf16/fp16 matmuls are slow or
+        # missing, so weights are widened to fp32 there.
+        dtype = getattr(torch, spec.dtype) if gpu else torch.float32
+        log.info("loading %s from %s (%s, %s)", spec.id, source, dtype, attention_implementation())
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, token=self._token)
+            model = AutoModelForCausalLM.from_pretrained(
+                source,
+                dtype=dtype,
+                device_map="auto",
+                attn_implementation=attention_implementation(),
+                token=self._token,
+            )
+        except torch.OutOfMemoryError:
+            self._free()
+            raise OutOfMemory() from None
+        except (OSError, ValueError) as exc:
+            raise hub.explain(spec, exc) from exc
+        model.eval()
+        return Loaded(model=model, tokenizer=tokenizer)
+
+    @staticmethod
+    def _free() -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def generate(
+        self,
+        spec: ModelSpec,
+        messages: Sequence[Message],
+        options: SamplingOptions,
+        emit: Callable[[str], None],
+        stop: threading.Event,
+    ) -> None:
+        """Generate a reply to ``messages``, passing each text delta to ``emit``; blocking."""
+        loaded = self.load(spec)
+        tok = loaded.tokenizer
+        text = prompts.render(tok, spec.prompt_format, messages)
+        input_ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
+        room = spec.context - input_ids.shape[1]
+        if room < 1:
+            raise InvalidInput(
+                "会話が長すぎます。チャットを消去してやり直してください。",
+                "The conversation is too long for this model. Clear the chat and start again.",
+            )
+        kwargs = options.generate_kwargs() | {"max_new_tokens": min(options.max_new_tokens, room)}
+        try:
+            with torch.inference_mode():
+                loaded.model.generate(
+                    input_ids.to(loaded.model.device),
+                    attention_mask=torch.ones_like(input_ids).to(loaded.model.device),
+                    streamer=_DeltaStreamer(tok, emit),
+                    stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+                    pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                    eos_token_id=tok.eos_token_id,
+                    **kwargs,
+                )
+        except torch.OutOfMemoryError:
+            self._free()
+            raise OutOfMemory() from None
+        except AppError:
+            raise
+        except Exception as exc:
+            log.exception("generation failed for %s", spec.id)
+            raise GenerationFailed(
+                f"生成中にエラーが発生しました({type(exc).__name__})。もう一度お試しください。",
+                f"Generation failed ({type(exc).__name__}). Please try again.",
+            ) from exc

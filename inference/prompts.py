@@ -1,0 +1,104 @@
+"""Prompt formats of the three LLM-jp families, as chat templates.
+
+Every prompt goes through ``tokenizer.apply_chat_template``. The llm-jp-3
+tokenizers carry their own template; the older models' tokenizers have none,
+so the registry supplies one from here. Rendered text is always encoded with
+``add_special_tokens=False``: templates that need a BOS write it themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any, Literal, TypedDict
+
+SYSTEM_SENTENCE = "以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。"
+
+
+class Message(TypedDict):
+    """One chat turn, in the role/content shape every chat template expects."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class PromptFormat(StrEnum):
+    """How a checkpoint expects its conversation to be written out."""
+
+    LLMJP3_CHAT = "llm-jp-3-chat"
+    """llm-jp-3 / 3.1 instruct: the tokenizer's template, with BOS, EOS after replies."""
+    LLMJP_V11_ALPACA = "llm-jp-v1.1-alpaca"
+    """llm-jp-13b-instruct v1.1: Alpaca-style, ends with a newline after 応答:."""
+    WEBLAB_ALPACA = "weblab-alpaca"
+    """weblab-10b-instruction-sft: Alpaca-style, no newline after the last 応答:."""
+    COMPLETION = "completion"
+    """Base models: the text is continued as written."""
+
+
+# Byte for byte the template the llm-jp-3 / 3.1 instruct tokenizers carry
+# (llm-jp/instruct3, scripts/ckpt/convert_llama_nemo_to_hf.sh). A system
+# message's content is ignored: the fixed sentence is always emitted.
+LLMJP3_TEMPLATE = (
+    "{{bos_token}}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '\\n\\n### 指示:\\n' + message['content'] }}"
+    "{% elif message['role'] == 'system' %}{{ '以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '\\n\\n### 応答:\\n' + message['content'] + eos_token }}"
+    "{% endif %}{% if loop.last and add_generation_prompt %}{{ '\\n\\n### 応答:\\n' }}{% endif %}{% endfor %}"
+)
+
+# llm-jp-13b v1.1: the sentence once, then instruction/response blocks as in
+# LLM-jp's own multi-turn code; no special tokens anywhere.
+LLMJP_V11_TEMPLATE = (
+    "{{ '以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。' }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '\\n\\n### 指示:\\n' + message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}{{ '\\n\\n### 応答:\\n' + message['content'] }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '\\n\\n### 応答:\\n' }}{% endif %}"
+)
+
+# weblab-10b: the card's prompt ends at "応答:" with no newline, so the model
+# writes its own line break. Earlier replies are written back exactly as they
+# continued that prompt, so the model sees its own history unchanged.
+WEBLAB_TEMPLATE = (
+    "{{ '以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。' }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '\\n\\n### 指示:\\n' + message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}{{ '\\n\\n### 応答:' + message['content'] }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '\\n\\n### 応答:' }}{% endif %}"
+)
+
+# Base models: the conversation is one running text that the model continues.
+COMPLETION_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['content'] }}{% endif %}{% endfor %}"
+)
+
+TEMPLATES: dict[PromptFormat, str] = {
+    PromptFormat.LLMJP3_CHAT: LLMJP3_TEMPLATE,
+    PromptFormat.LLMJP_V11_ALPACA: LLMJP_V11_TEMPLATE,
+    PromptFormat.WEBLAB_ALPACA: WEBLAB_TEMPLATE,
+    PromptFormat.COMPLETION: COMPLETION_TEMPLATE,
+}
+
+
+def conversation(fmt: PromptFormat, history: Sequence[Message], user_message: str) -> list[Message]:
+    """The messages to render for a new user turn, with the system turn the format wants."""
+    messages: list[Message] = [m for m in history if m["role"] != "system"]
+    messages.append({"role": "user", "content": user_message})
+    if fmt is PromptFormat.LLMJP3_CHAT:
+        # The model cards always send a system turn; its content is not used.
+        messages.insert(0, {"role": "system", "content": SYSTEM_SENTENCE})
+    return messages
+
+
+def render(tokenizer: Any, fmt: PromptFormat, messages: Sequence[Message]) -> str:
+    """Render messages to prompt text through the tokenizer's chat template mechanism."""
+    own = getattr(tokenizer, "chat_template", None)
+    # Only the llm-jp-3 format lives in tokenizers; the base llm-jp-3.1 model
+    # shares that tokenizer yet must be prompted as plain completion.
+    template = own if (fmt is PromptFormat.LLMJP3_CHAT and own) else TEMPLATES[fmt]
+    return tokenizer.apply_chat_template(
+        list(messages),
+        chat_template=template,
+        tokenize=False,
+        add_generation_prompt=fmt is not PromptFormat.COMPLETION,
+    )

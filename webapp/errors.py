@@ -1,0 +1,66 @@
+"""Errors of the web layer, and the one place they become ``gr.Error``."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import gradio as gr
+
+from inference.errors import AppError, InvalidInput
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ConsentRequired(AppError):
+    """The caller has no recorded acceptance of the current terms."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "チャットを使うには、まず「利用規約」タブで現在の利用規約に同意してください。",
+            "Accept the current terms of use on the Terms tab before chatting.",
+        )
+
+
+class InvalidForm(InvalidInput):
+    """The acceptance form is incomplete or malformed; nothing was recorded."""
+
+
+def _to_gr_error(exc: Exception) -> gr.Error:
+    if isinstance(exc, AppError):
+        return gr.Error(str(exc), title="エラー / Error")
+    # Anything else is a bug: log it in full, show the visitor no internals.
+    log.exception("unexpected error in a handler")
+    return gr.Error(
+        "予期しないエラーが発生しました。しばらくしてからもう一度お試しください。"
+        " / Unexpected error. Please try again later.",
+        title="エラー / Error",
+    )
+
+
+def user_errors(fn: F) -> F:
+    """Turn the project's errors into messages the visitor reads; keeps ``fn``'s signature."""
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def agen(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            try:
+                async for item in fn(*args, **kwargs):
+                    yield item
+            except Exception as exc:
+                raise _to_gr_error(exc) from exc
+
+        return agen  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise _to_gr_error(exc) from exc
+
+    return call  # type: ignore[return-value]

@@ -1,0 +1,190 @@
+"""Event handlers shared by the page and the public API.
+
+Every handler that generates text passes the server-side gate first, so the
+page and a direct API call are held to exactly the same rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import gradio as gr
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from inference import Inference, InvalidInput, Message, SamplingOptions
+from webapp.consent import AcceptanceForm, Consent, identify, user_agent
+from webapp.errors import user_errors
+
+MAX_TURNS = 200
+
+
+class _Turn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["user", "assistant"]
+    content: str = Field(max_length=100_000)
+
+
+_HISTORY = TypeAdapter(list[_Turn])
+
+
+def _text_of(content: Any) -> str:
+    """A chat message's text, whether Gradio gives a string or a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def parse_history(history: list[dict[str, Any]] | None) -> list[Message]:
+    """Validate a client-supplied history into messages; raises ``InvalidInput``."""
+    if not history:
+        return []
+    try:
+        turns = _HISTORY.validate_python(
+            [{**t, "content": _text_of(t.get("content"))} if isinstance(t, dict) else t for t in history]
+        )
+    except ValidationError:
+        raise InvalidInput(
+            "history は {'role': 'user'|'assistant', 'content': 文字列} のリストにしてください。",
+            "history must be a list of {'role': 'user'|'assistant', 'content': str}.",
+        ) from None
+    if len(turns) > MAX_TURNS:
+        raise InvalidInput(
+            f"会話が長すぎます(最大 {MAX_TURNS} 発言)。チャットを消去してください。",
+            f"The conversation is too long (at most {MAX_TURNS} turns). Clear the chat.",
+        )
+    return [{"role": t.role, "content": t.content} for t in turns]
+
+
+class Handlers:
+    """The server side of every event: terms acceptance and chat."""
+
+    def __init__(self, *, consent: Consent, inference: Inference, max_message_chars: int) -> None:
+        self.consent = consent
+        self.inference = inference
+        self.max_message_chars = max_message_chars
+
+    # -- terms ---------------------------------------------------------------
+
+    def accept_terms(
+        self,
+        name: str,
+        email: str,
+        affiliation: str,
+        purpose: str,
+        agree: bool,
+        request: gr.Request,
+    ) -> str:
+        """Record the caller's acceptance of the current terms of use."""
+        identity = identify(request)
+        form = AcceptanceForm.parse(name=name, email=email, affiliation=affiliation, purpose=purpose, agree=agree)
+        self.consent.accept(identity, form, user_agent(request))
+        return (
+            f"✅ 利用規約への同意を記録しました(規約 {self.consent.terms.id}、SHA-256 {self.consent.terms.sha256[:12]}…)。"
+            " チャットを利用できます。 / Your acceptance is recorded; the chat is unlocked."
+        )
+
+    # -- chat ----------------------------------------------------------------
+
+    def _admit(self, request: gr.Request | None, message: str, model_id: str, sampling: dict[str, Any]) -> tuple[str, SamplingOptions]:
+        """All checks before any token is generated: the gate first, then the input."""
+        self.consent.require(identify(request))
+        if not isinstance(message, str) or not message.strip():
+            raise InvalidInput("メッセージを入力してください。", "Please type a message.")
+        if len(message) > self.max_message_chars:
+            raise InvalidInput(
+                f"メッセージが長すぎます({len(message)} 文字、上限 {self.max_message_chars} 文字)。",
+                f"The message is too long ({len(message)} characters; the limit is {self.max_message_chars}).",
+            )
+        options = SamplingOptions.parse(**sampling)
+        self.inference.registry.get(model_id)
+        return message, options
+
+    async def _admitted(
+        self, request: gr.Request | None, message: str, model_id: str, sampling: dict[str, Any]
+    ) -> tuple[str, SamplingOptions]:
+        # The gate reads the database: keep that off the event loop.
+        return await asyncio.to_thread(self._admit, request, message, model_id, sampling)
+
+    async def chat_api(
+        self,
+        message: str,
+        model_id: str,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        repetition_penalty: float,
+        max_new_tokens: int,
+        history: list[dict[str, Any]] | None = None,
+        request: gr.Request = None,  # type: ignore[assignment]
+    ) -> AsyncIterator[str]:
+        """Stream a reply to ``message``; each update is the reply so far."""
+        sampling = _sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens)
+        past = parse_history(history)
+        text, options = await self._admitted(request, message, model_id, sampling)
+        reply = ""
+        async for delta in self.inference.stream(model_id, past, text, options):
+            reply += delta
+            yield reply
+
+    async def chat_ui(
+        self,
+        message: str,
+        history: list[dict[str, Any]],
+        model_id: str,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        repetition_penalty: float,
+        max_new_tokens: int,
+        request: gr.Request,
+    ) -> AsyncIterator[tuple[list[dict[str, str]], str]]:
+        """The page's chat: show the user's turn, then stream the reply into the chatbot."""
+        sampling = _sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens)
+        past = parse_history(history)
+        text, options = await self._admitted(request, message, model_id, sampling)
+        shown = [dict(m) for m in past] + [{"role": "user", "content": text}]
+        yield shown, ""  # the turn appears and the box clears before the model answers
+        reply = ""
+        async for delta in self.inference.stream(model_id, past, text, options):
+            reply += delta
+            yield [*shown, {"role": "assistant", "content": reply}], ""
+
+    def card_defaults(self, model_id: str) -> tuple[float, float, int, float, int, str]:
+        """The chosen model's card sampling, to reset the controls, and its licence line."""
+        spec = self.inference.registry.get(model_id)
+        s = spec.sampling
+        return s.temperature, s.top_p, s.top_k, s.repetition_penalty, s.max_new_tokens, licence_markdown(spec)
+
+
+def _sampling(
+    temperature: float, top_p: float, top_k: int, repetition_penalty: float, max_new_tokens: int
+) -> dict[str, Any]:
+    return {
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "repetition_penalty": repetition_penalty,
+        "max_new_tokens": max_new_tokens,
+    }
+
+
+def licence_markdown(spec: Any) -> str:
+    """One line naming the model's licence (and its note), for beside the model."""
+    lic = spec.license
+    name = f"[{lic.name}]({lic.url})" if lic.url else lic.name
+    note = f" — {lic.note_ja} / {lic.note_en}" if lic.note_ja else ""
+    return f"**ライセンス / Licence:** {name}{note}"
+
+
+def wrap(handlers: Handlers) -> dict[str, Any]:
+    """The handlers with errors converted for the visitor, in one place."""
+    return {
+        "accept_terms": user_errors(handlers.accept_terms),
+        "chat_api": user_errors(handlers.chat_api),
+        "chat_ui": user_errors(handlers.chat_ui),
+        "card_defaults": user_errors(handlers.card_defaults),
+    }

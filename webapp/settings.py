@@ -1,0 +1,61 @@
+"""The one settings object, read once from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+# Hugging Face Spaces mounts persistent storage here when it is enabled.
+SPACES_PERSISTENT_DIR = Path("/data")
+
+
+def _default_data_dir() -> Path:
+    return SPACES_PERSISTENT_DIR if SPACES_PERSISTENT_DIR.is_dir() else Path("data").resolve()
+
+
+class Settings(BaseSettings):
+    """Configuration of the demo. Each field is an environment variable (see README)."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMJP_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Database, secrets and tiny models.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; SQLite in data_dir when unset.")
+    default_model: str | None = Field(None, description="Model selected on arrival.")
+    models: str = Field(
+        "auto",
+        description="'auto' (real checkpoints when the hub is reachable, else tiny ones), 'real', 'tiny' or 'all'.",
+    )
+    max_message_chars: int = Field(4000, ge=1, description="Longest accepted chat message, in characters.")
+    max_loaded_models: int = Field(1, ge=1, description="Models kept in memory at once.")
+    hf_token: SecretStr | None = Field(None, validation_alias=AliasChoices("HF_TOKEN", "LLMJP_HF_TOKEN"))
+    hub_offline: bool = Field(False, validation_alias=AliasChoices("HF_HUB_OFFLINE", "LLMJP_HUB_OFFLINE"))
+
+    @field_validator("models")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        if value not in {"auto", "real", "tiny", "all"}:
+            raise ValueError("LLMJP_MODELS must be one of auto, real, tiny, all")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL in force."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'llmjp-demo.sqlite3'}"
+
+    @property
+    def database_url_redacted(self) -> str:
+        """The database URL with any password hidden, for logs."""
+        return make_url(self.resolved_database_url).render_as_string(hide_password=True)
+
+    @property
+    def models_dir(self) -> Path:
+        """Where tiny test models are built and cached."""
+        return self.data_dir / "models"
+
+    @property
+    def token(self) -> str | None:
+        """The hub token, for gated repositories; never logged."""
+        return self.hf_token.get_secret_value() if self.hf_token else None
