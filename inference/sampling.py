@@ -41,17 +41,18 @@ class SamplingOptions(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            problems = []
+            ja, en = [], []
             for err in exc.errors():
                 name = str(err["loc"][0]) if err["loc"] else "?"
-                lo, hi = bounds(name) if name in cls.model_fields else (None, None)
+                if name not in cls.model_fields:
+                    ja.append(f"{name} は指定できません")
+                    en.append(f"{name} is not a sampling option")
+                    continue
                 given = err.get("input")
-                if isinstance(given, float) and math.isnan(given):
-                    given = "NaN"
-                problems.append((name, _describe(name, lo, hi), given))
-            ja = "、".join(f"{n} は {r} の範囲で指定してください(指定値: {g!r})" for n, r, g in problems)
-            en = "; ".join(f"{n} must be in {r}, got {g!r}" for n, r, g in problems)
-            raise InvalidInput(ja, en) from None
+                shown = "NaN" if isinstance(given, float) and math.isnan(given) else repr(given)
+                ja.append(f"{name} は {interval(name)} の範囲で指定してください(指定値: {shown})")
+                en.append(f"{name} must be in {interval(name)}, got {shown}")
+            raise InvalidInput("、".join(ja), "; ".join(en)) from None
 
     def generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``transformers`` ``generate``."""
@@ -71,16 +72,16 @@ class SamplingOptions(BaseModel):
         }
 
 
-def bounds(name: str) -> tuple[float | None, float | None]:
+def bounds(name: str) -> tuple[float, float]:
     """The declared (lower, upper) bound of a field, for sliders and messages."""
-    lo = hi = None
-    for meta in SamplingOptions.model_fields[name].metadata:
-        lo = getattr(meta, "ge", None) if getattr(meta, "ge", None) is not None else lo
-        lo = getattr(meta, "gt", None) if getattr(meta, "gt", None) is not None else lo
-        hi = getattr(meta, "le", None) if getattr(meta, "le", None) is not None else hi
+    meta = SamplingOptions.model_fields[name].metadata
+    lo = next(v for m in meta for v in (getattr(m, "ge", None), getattr(m, "gt", None)) if v is not None)
+    hi = next(m.le for m in meta if getattr(m, "le", None) is not None)
     return lo, hi
 
 
-def _describe(name: str, lo: float | None, hi: float | None) -> str:
-    exclusive_low = any(getattr(m, "gt", None) is not None for m in SamplingOptions.model_fields[name].metadata)
-    return f"{'(' if exclusive_low else '['}{lo}, {hi}]"
+def interval(name: str) -> str:
+    """A field's range in interval notation, e.g. ``(0.0, 1.0]``."""
+    lo, hi = bounds(name)
+    open_low = any(getattr(m, "gt", None) is not None for m in SamplingOptions.model_fields[name].metadata)
+    return f"{'(' if open_low else '['}{lo}, {hi}]"

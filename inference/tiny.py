@@ -51,7 +51,7 @@ def _characters() -> list[str]:
     return list(chars)
 
 
-def test_tokenizer() -> PreTrainedTokenizerFast:
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A ~2.2k-piece byte-fallback Unigram tokenizer for Japanese and ASCII."""
     pieces = [(p, 0.0) for p in _SPECIAL] + [(b, 0.0) for b in byte_pieces()]
     pieces += [(SPACE, -3.0)] + [(c, -5.0) for c in _characters()] + [(SPACE + c, -6.0) for c in "abcdefghijklmnopqrstuvwxyz"]
@@ -97,7 +97,7 @@ def tiny_config(arch: Architecture, tokenizer: PreTrainedTokenizerFast) -> Pretr
 
 def build(arch: Architecture, path: Path, tokenizer: PreTrainedTokenizerFast | None = None) -> Path:
     """Write a random-weight ``arch`` model and its tokenizer to ``path``."""
-    tokenizer = tokenizer or test_tokenizer()
+    tokenizer = tokenizer or tiny_tokenizer()
     torch.manual_seed(SEED)
     model = AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer), dtype=torch.float32)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

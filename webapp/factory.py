@@ -7,8 +7,7 @@ import logging
 import gradio as gr
 
 from db.engine import make_engine, session_factory, upgrade
-from inference import CHECKPOINTS, TINY_MODELS, Inference, Registry
-from inference import hub
+from inference import CHECKPOINTS, TINY_MODELS, Backend, Inference, Registry, hub
 from inference.local import TransformersBackend
 from webapp import ui
 from webapp.consent import Consent
@@ -34,12 +33,15 @@ def catalog(settings: Settings) -> Registry:
     return registry
 
 
-def create_app(settings: Settings) -> gr.Blocks:
-    """The Gradio app for ``settings``. Loads no model: models load on first use."""
+def create_app(settings: Settings, *, backend: Backend | None = None) -> gr.Blocks:
+    """The Gradio app for ``settings``. Loads no model: models load on first use.
+
+    ``backend`` replaces the local transformers backend (tests wrap it to count tokens).
+    """
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
     registry = catalog(settings)
-    backend = TransformersBackend(
+    backend = backend or TransformersBackend(
         models_dir=settings.models_dir, hf_token=settings.token, max_loaded=settings.max_loaded_models
     )
     handlers = Handlers(

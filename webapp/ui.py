@@ -125,11 +125,12 @@ def build(*, handlers: Handlers, terms: Terms, registry: Registry) -> gr.Blocks:
 
         # Terms: the page's button and the public /accept_terms share one handler.
         form.accept.click(
-            fns["accept_terms"], form.fields, form.status, api_visibility="private"
+            fns["accept_terms"], form.fields, form.status, api_name="page_accept", api_visibility="private"
         ).success(
             lambda: (gr.Tabs(selected="chat"), gr.Tab(interactive=True, label=CHAT_OPEN)),
             None,
             [tabs, chat_tab],
+            api_name="page_unlock",
             api_visibility="private",
             queue=False,
         )
@@ -143,12 +144,14 @@ def build(*, handlers: Handlers, terms: Terms, registry: Registry) -> gr.Blocks:
             fns["chat_ui"],
             inputs,
             [chat.chatbot, chat.message],
+            api_name="page_chat",
             api_visibility="private",
         )
-        chat.stop.click(None, None, None, cancels=[reply], api_visibility="private")
-        chat.clear.click(lambda: [], None, chat.chatbot, api_visibility="private", queue=False)
+        chat.stop.click(None, None, None, cancels=[reply], api_name="page_stop", api_visibility="private")
+        chat.clear.click(lambda: [], None, chat.chatbot, api_name="page_clear", api_visibility="private", queue=False)
         chat.model.change(
-            fns["card_defaults"], chat.model, [*chat.sliders, chat.licence], api_visibility="private", queue=False
+            fns["card_defaults"], chat.model, [*chat.sliders, chat.licence], api_name="page_model",
+            api_visibility="private", queue=False
         )
         gr.api(fns["chat_api"], api_name="chat")
     return demo

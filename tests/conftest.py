@@ -1,0 +1,118 @@
+"""Shared fixtures: real tokenizers from ../shared, tiny real models, the real app over HTTP."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+TOKENIZERS = SHARED / "data" / "llm-jp-tokenizer"
+SP_MODELS = {
+    "ver3.0": TOKENIZERS / "models/ver3.0/llm-jp-tokenizer-100k.ver3.0b1.model",
+    "ver3.1": TOKENIZERS / "models/ver3.1/llm-jp-tokenizer-100k.ver3.1.model",
+    "ver2.1": TOKENIZERS / "models/ver2.1/code10k_en20k_ja30k.ver2.1.model",
+}
+CORPUS = Path(__file__).parent / "data" / "ja_corpus.txt"
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads the developer's settings or reaches the hub."""
+    for var in ("LLMJP_DATABASE_URL", "LLMJP_DEFAULT_MODEL", "LLMJP_MODELS", "HF_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LLMJP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def japanese_lines() -> list[str]:
+    """Japanese test lines: the corpus file plus every line of the real terms of use."""
+    terms = (ROOT / "webapp/data/terms/llm-jp-3-172b-beta1-tou.ja.txt").read_text(encoding="utf-8")
+    return CORPUS.read_text(encoding="utf-8").splitlines() + terms.splitlines()
+
+
+@pytest.fixture(scope="session")
+def real_tokenizers() -> dict[str, object]:
+    """The real LLM-jp tokenizers, converted to fast tokenizers."""
+    from inference.spm import from_sentencepiece
+
+    missing = [str(p) for p in SP_MODELS.values() if not p.exists()]
+    assert not missing, f"the shared LLM-jp tokenizers are missing: {missing}"
+    return {name: from_sentencepiece(path) for name, path in SP_MODELS.items()}
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of tiny models for the whole run (each is built once)."""
+    return tmp_path_factory.mktemp("models")
+
+
+class CountingBackend:
+    """The real transformers backend, counting what it is asked to generate.
+
+    Lets a test prove that a refused request produced zero tokens.
+    """
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.chunks = 0
+        self._lock = threading.Lock()
+
+    def generate(self, spec, messages: Sequence, options, emit: Callable[[str], None], stop) -> None:  # noqa: ANN001
+        with self._lock:
+            self.calls += 1
+
+        def counted(text: str) -> None:
+            with self._lock:
+                self.chunks += 1
+            emit(text)
+
+        self.inner.generate(spec, messages, options, counted, stop)  # type: ignore[attr-defined]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningApp:
+    """A launched app: its URL, settings and counting backend."""
+
+    def __init__(self, url: str, settings: object, backend: CountingBackend, demo: object) -> None:
+        self.url = url
+        self.settings = settings
+        self.backend = backend
+        self.demo = demo
+
+    def client(self):  # noqa: ANN201
+        """A fresh gradio_client session: a new visitor."""
+        from gradio_client import Client
+
+        return Client(self.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def running_app(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[RunningApp]:
+    """The real app, launched in-process on a free port with a real SQLite file."""
+    from inference.local import TransformersBackend
+    from webapp import create_app, launch_options
+    from webapp.settings import Settings
+
+    data = tmp_path_factory.mktemp("appdata")
+    settings = Settings(data_dir=data, models="tiny", hub_offline=True)
+    backend = CountingBackend(TransformersBackend(models_dir=models_dir, max_loaded=4))
+    demo = create_app(settings, backend=backend)
+    demo.queue(default_concurrency_limit=4)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **launch_options())
+    try:
+        yield RunningApp(url, settings, backend, demo)
+    finally:
+        demo.close()

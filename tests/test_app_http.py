@@ -1,0 +1,187 @@
+"""The real app over HTTP with gradio_client: the gate, the stream, the record, bad input."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import httpx
+import pytest
+from gradio_client.exceptions import AppError
+
+from tests.conftest import RunningApp
+from webapp.terms import Terms
+
+FORM = {"name": "山田 太郎", "email": "taro@example.jp", "affiliation": "国立情報学研究所", "purpose": "研究", "agree": True}
+GOOD = {
+    "model_id": "tiny-llama",
+    "temperature": 0.7,
+    "top_p": 0.95,
+    "top_k": 0,
+    "repetition_penalty": 1.05,
+    "max_new_tokens": 16,
+}
+
+
+def rows(app: RunningApp) -> list[tuple]:
+    path = app.settings.data_dir / "llmjp-demo.sqlite3"
+    with sqlite3.connect(path) as conn:
+        return conn.execute(
+            "SELECT identity, terms_id, terms_sha256, name, email, affiliation, purpose, accepted_at, user_agent"
+            " FROM acceptances ORDER BY id"
+        ).fetchall()
+
+
+@pytest.fixture(scope="module")
+def accepted(running_app: RunningApp):
+    """A visitor that has accepted the terms through the API."""
+    client = running_app.client()
+    client.predict(**FORM, api_name="/accept_terms")
+    return client
+
+
+def test_chat_without_acceptance_is_refused_with_zero_tokens(running_app: RunningApp) -> None:
+    client = running_app.client()
+    before = (running_app.backend.calls, running_app.backend.chunks)
+    with pytest.raises(AppError, match="利用規約.*Accept the current terms"):
+        client.predict("富士山について教えて", **GOOD, api_name="/chat")
+    assert (running_app.backend.calls, running_app.backend.chunks) == before
+
+
+def test_after_acceptance_the_same_client_streams(running_app: RunningApp) -> None:
+    client = running_app.client()
+    count = len(rows(running_app))
+    with pytest.raises(AppError):
+        client.predict("こんにちは", **GOOD, api_name="/chat")
+    status = client.predict(**FORM, api_name="/accept_terms")
+    assert "同意を記録しました" in status
+    job = client.submit("富士山について教えて", **(GOOD | {"temperature": 0, "max_new_tokens": 24}), api_name="/chat")
+    updates = list(job)
+    assert len(updates) >= 2, updates  # streamed, not one final message
+    assert all(later.startswith(earlier) for earlier, later in zip(updates, updates[1:], strict=False))
+    assert updates[-1] == job.result() and job.result()
+
+    # The row is in the SQLite file, with the hash of the exact terms shown.
+    new = rows(running_app)[count:]
+    assert len(new) == 1
+    identity, terms_id, sha, name, email, affiliation, purpose, accepted_at, agent = new[0]
+    terms = Terms.load()
+    assert (terms_id, sha) == (terms.id, terms.sha256)
+    assert (name, email, affiliation, purpose) == ("山田 太郎", "taro@example.jp", "国立情報学研究所", "研究")
+    assert identity.startswith("session:") and accepted_at and agent is not None
+
+
+def test_a_second_client_is_still_refused(running_app: RunningApp, accepted) -> None:
+    accepted.predict("こんにちは", **GOOD, api_name="/chat")  # the first one may chat
+    other = running_app.client()
+    with pytest.raises(AppError, match="Accept the current terms"):
+        other.predict("こんにちは", **GOOD, api_name="/chat")
+
+
+def test_multi_turn_history_through_the_api(running_app: RunningApp, accepted) -> None:
+    history = [{"role": "user", "content": "こんにちは"}, {"role": "assistant", "content": "はい"}]
+    reply = accepted.predict("続けて", **(GOOD | {"history": history}), api_name="/chat")
+    assert isinstance(reply, str)
+
+
+@pytest.mark.parametrize(
+    ("message", "change", "expected"),
+    [
+        ("", {}, "Please type a message"),
+        ("   \n ", {}, "Please type a message"),
+        ("長" * 4001, {}, "too long"),
+        ("こんにちは", {"top_p": 1.5}, "top_p must be in"),
+        ("こんにちは", {"temperature": -1}, "temperature must be in"),
+        ("こんにちは", {"max_new_tokens": 0}, "max_new_tokens must be in"),
+        ("こんにちは", {"max_new_tokens": 10**9}, "max_new_tokens must be in"),
+        ("こんにちは", {"model_id": "gpt-4"}, "There is no model 'gpt-4'"),
+        ("こんにちは", {"history": [{"role": "system", "content": "x"}]}, "history must be"),
+    ],
+)
+def test_bad_input_is_refused_and_nothing_is_generated(
+    running_app: RunningApp, accepted, message: str, change: dict, expected: str
+) -> None:
+    before = (running_app.backend.calls, running_app.backend.chunks)
+    with pytest.raises(AppError, match=expected) as err:
+        accepted.predict(message, **(GOOD | change), api_name="/chat")
+    assert " / " in str(err.value)  # Japanese first, then English
+    assert (running_app.backend.calls, running_app.backend.chunks) == before
+    # The app keeps serving.
+    assert accepted.predict("こんにちは", **GOOD, api_name="/chat") is not None
+
+
+def raw_chat(app: RunningApp, session_hash: str, body: str) -> dict:
+    """Send a hand-written queue request (as a hostile client could) and return its final message."""
+    base = app.url.rstrip("/") + "/gradio_api"
+    joined = httpx.post(f"{base}/queue/join", content=body, headers={"content-type": "application/json"}, timeout=10)
+    joined.raise_for_status()
+    with httpx.stream("GET", f"{base}/queue/data", params={"session_hash": session_hash}, timeout=60) as events:
+        for line in events.iter_lines():
+            if line.startswith("data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    return message
+    raise AssertionError("the stream ended without a result")
+
+
+def test_nan_is_refused(running_app: RunningApp, accepted) -> None:
+    """NaN is not JSON, so no well-behaved client can send it; a raw request can."""
+    config = httpx.get(running_app.url.rstrip("/") + "/config", timeout=10).json()
+    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "chat")
+    before = (running_app.backend.calls, running_app.backend.chunks)
+    body = (
+        f'{{"data": ["こんにちは", "tiny-llama", NaN, 0.95, 0, 1.05, 16, null], "fn_index": {fn_index},'
+        f' "session_hash": "{accepted.session_hash}"}}'
+    )
+    result = raw_chat(running_app, accepted.session_hash, body)
+    assert result["success"] is False
+    assert "temperature must be in" in result["output"]["error"]
+    assert (running_app.backend.calls, running_app.backend.chunks) == before
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"name": ""}, "氏名"),
+        ({"name": "   "}, "氏名"),
+        ({"email": "not-an-email"}, "メールアドレス"),
+        ({"email": "a@b"}, "メールアドレス"),
+        ({"affiliation": ""}, "所属"),
+        ({"purpose": ""}, "利用目的"),
+        ({"agree": False}, "同意"),
+        ({"name": "x" * 201}, "氏名"),
+        ({"name": "bad\x00name"}, "氏名"),
+    ],
+)
+def test_bad_form_records_nothing(running_app: RunningApp, change: dict, field: str) -> None:
+    client = running_app.client()
+    count = len(rows(running_app))
+    with pytest.raises(AppError, match=field):
+        client.predict(**(FORM | change), api_name="/accept_terms")
+    assert len(rows(running_app)) == count
+    with pytest.raises(AppError, match="Accept the current terms"):
+        client.predict("こんにちは", **GOOD, api_name="/chat")
+
+
+def test_html_in_the_form_is_stored_as_given(running_app: RunningApp) -> None:
+    client = running_app.client()
+    name = "<img src=x onerror=alert(1)>'; DROP TABLE acceptances; --"
+    client.predict(**(FORM | {"name": name}), api_name="/accept_terms")
+    assert rows(running_app)[-1][3] == name
+
+
+def test_api_documents_both_endpoints(running_app: RunningApp) -> None:
+    api = running_app.client().view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert [p["parameter_name"] for p in api["/accept_terms"]["parameters"]] == list(FORM)
+    assert [p["parameter_name"] for p in api["/chat"]["parameters"]] == ["message", *GOOD, "history"]
+    assert {name for name in api} == {"/accept_terms", "/chat"}
+
+
+def test_page_serves_the_terms_verbatim(running_app: RunningApp) -> None:
+    config = httpx.get(running_app.url.rstrip("/") + "/config", timeout=10).json()
+    html_values = [c["props"].get("value", "") for c in config["components"] if c.get("type") == "html"]
+    terms = Terms.load()
+    import html as html_lib
+
+    assert any(html_lib.unescape(v).endswith(terms.ja + "</div>") or terms.ja in html_lib.unescape(v) for v in html_values)
+    assert any(terms.en in html_lib.unescape(v) for v in html_values)

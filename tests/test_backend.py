@@ -1,0 +1,85 @@
+"""The local transformers backend on tiny random-weight models of the four real architectures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from inference import TINY_MODELS, Inference, Registry, SamplingOptions
+from inference.local import TransformersBackend
+from inference.registry import Architecture
+
+IDS = [s.id for s in TINY_MODELS]
+
+
+@pytest.fixture(scope="module")
+def backend(models_dir: Path) -> TransformersBackend:
+    return TransformersBackend(models_dir=models_dir, max_loaded=4)
+
+
+def collect(backend: TransformersBackend, model_id: str, options: SamplingOptions, stop_after: int | None = None) -> list[str]:
+    spec = Registry.of(TINY_MODELS).get(model_id)
+    stop = threading.Event()
+    chunks: list[str] = []
+
+    def emit(text: str) -> None:
+        chunks.append(text)
+        if stop_after is not None and len(chunks) >= stop_after:
+            stop.set()
+
+    backend.generate(spec, [{"role": "user", "content": "富士山について教えて"}], options, emit, stop)
+    return chunks
+
+
+@pytest.mark.parametrize("model_id", IDS)
+def test_each_architecture_generates(backend: TransformersBackend, model_id: str) -> None:
+    chunks = collect(backend, model_id, SamplingOptions(temperature=0.8, max_new_tokens=24))
+    assert chunks and all(chunks)
+    assert not any("\ufffd" in c for c in chunks)
+    loaded = backend.load(Registry.of(TINY_MODELS).get(model_id))
+    assert loaded.model.config.model_type == Architecture(Registry.of(TINY_MODELS).get(model_id).source).value
+    assert loaded.model.config._attn_implementation == "sdpa"
+
+
+def test_moe_model_routes_through_experts(backend: TransformersBackend) -> None:
+    loaded = backend.load(Registry.of(TINY_MODELS).get("tiny-mixtral"))
+    assert loaded.model.config.num_local_experts == 8 and loaded.model.config.num_experts_per_tok == 2
+
+
+def test_greedy_is_deterministic(backend: TransformersBackend) -> None:
+    options = SamplingOptions(temperature=0, max_new_tokens=20)
+    assert "".join(collect(backend, "tiny-llama", options)) == "".join(collect(backend, "tiny-llama", options))
+
+
+def test_stop_ends_generation_at_the_next_step(backend: TransformersBackend) -> None:
+    # Greedy from a random model rarely ends by itself; 400 tokens would take a while.
+    chunks = collect(backend, "tiny-gpt2", SamplingOptions(temperature=0, max_new_tokens=400), stop_after=3)
+    assert len(chunks) <= 4  # the step in flight may still finish, nothing after it
+
+
+def test_models_load_lazily(models_dir: Path) -> None:
+    fresh = TransformersBackend(models_dir=models_dir)
+    Inference(Registry.of(TINY_MODELS), fresh)
+    assert not any(fresh.is_loaded(s.id) for s in TINY_MODELS)
+
+
+def test_closing_the_stream_stops_the_worker(backend: TransformersBackend) -> None:
+    inference = Inference(Registry.of(TINY_MODELS), backend)
+
+    async def first_then_close() -> int:
+        stream = inference.stream("tiny-gptneox", [], "こんにちは",
+                                  SamplingOptions(temperature=0, max_new_tokens=2000))
+        async for _ in stream:
+            break
+        await stream.aclose()
+        for _ in range(100):
+            if not any(t.name.startswith("generate-") for t in threading.enumerate()):
+                break
+            await asyncio.sleep(0.02)
+        return 0
+
+    asyncio.run(first_then_close())
+    assert not any(t.name.startswith("generate-") for t in threading.enumerate())

@@ -1,0 +1,43 @@
+"""One validated sampling type; errors say the allowed range and the value given."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from inference import InvalidInput, SamplingOptions
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"temperature": -1}, "temperature"),
+        ({"temperature": math.nan}, "temperature"),
+        ({"temperature": math.inf}, "temperature"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"max_new_tokens": 10**9}, "max_new_tokens"),
+        ({"top_k": -1}, "top_k"),
+        ({"top_k": 2.5}, "top_k"),
+        ({"repetition_penalty": 0.5}, "repetition_penalty"),
+        ({"seed": 1}, "seed"),
+    ],
+)
+def test_out_of_range_is_refused_bilingually(values: dict, field: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        SamplingOptions.parse(**values)
+    assert field in err.value.ja and field in err.value.en
+    assert "範囲" in err.value.ja or field == "seed"
+
+
+def test_temperature_zero_is_greedy() -> None:
+    kwargs = SamplingOptions.parse(temperature=0).generate_kwargs()
+    assert kwargs["do_sample"] is False
+
+
+def test_sampling_kwargs() -> None:
+    kwargs = SamplingOptions.parse(temperature=0.7, top_p=0.9, top_k=0, repetition_penalty=1.1).generate_kwargs()
+    assert kwargs == {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": None,
+                      "repetition_penalty": 1.1, "max_new_tokens": 100}
