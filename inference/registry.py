@@ -37,9 +37,7 @@ class License:
     note_en: str = ""
 
 
-APACHE_2 = License(
-    name="Apache-2.0", url="https://www.apache.org/licenses/LICENSE-2.0", commercial_use=True
-)
+APACHE_2 = License(name="Apache-2.0", url="https://www.apache.org/licenses/LICENSE-2.0", commercial_use=True)
 CC_BY_NC_4 = License(
     name="CC BY-NC 4.0",
     url="https://creativecommons.org/licenses/by-nc/4.0/",

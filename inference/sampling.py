@@ -25,7 +25,10 @@ class SamplingOptions(BaseModel):
         0.7, ge=0.0, le=2.0, description="Softmax temperature; 0 means greedy (argmax) decoding."
     )
     top_p: float = Field(
-        0.95, gt=0.0, le=1.0, description="Nucleus sampling: keep the smallest set of tokens whose probability sums to top_p."
+        0.95,
+        gt=0.0,
+        le=1.0,
+        description="Nucleus sampling: keep the smallest set of tokens whose probability sums to top_p.",
     )
     top_k: int = Field(0, ge=0, le=1000, description="Keep only the k most likely tokens; 0 keeps all.")
     repetition_penalty: float = Field(

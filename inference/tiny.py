@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoModelForCausalLM,
     GPT2Config,
     GPTNeoXConfig,
     LlamaConfig,
     MixtralConfig,
     PretrainedConfig,
     PreTrainedTokenizerFast,
-    AutoModelForCausalLM,
 )
 
 from inference.registry import Architecture
@@ -54,7 +54,9 @@ def _characters() -> list[str]:
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A ~2.2k-piece byte-fallback Unigram tokenizer for Japanese and ASCII."""
     pieces = [(p, 0.0) for p in _SPECIAL] + [(b, 0.0) for b in byte_pieces()]
-    pieces += [(SPACE, -3.0)] + [(c, -5.0) for c in _characters()] + [(SPACE + c, -6.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    pieces += (
+        [(SPACE, -3.0)] + [(c, -5.0) for c in _characters()] + [(SPACE + c, -6.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    )
     tok = unigram_tokenizer(pieces, unk_id=0, special=_SPECIAL)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -76,21 +78,39 @@ def tiny_config(arch: Architecture, tokenizer: PreTrainedTokenizerFast) -> Pretr
     }
     if arch is Architecture.LLAMA:
         return LlamaConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False, **ids,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            tie_word_embeddings=False,
+            **ids,
         )
     if arch is Architecture.MIXTRAL:
         return MixtralConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2,
-            max_position_embeddings=4096, tie_word_embeddings=False, **ids,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_local_experts=8,
+            num_experts_per_tok=2,
+            max_position_embeddings=4096,
+            tie_word_embeddings=False,
+            **ids,
         )
     if arch is Architecture.GPT2:
         return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=2048, **ids)
     if arch is Architecture.GPT_NEOX:
         return GPTNeoXConfig(
-            hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=2048, use_parallel_residual=True, **ids,
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=2048,
+            use_parallel_residual=True,
+            **ids,
         )
     raise ValueError(f"no tiny config for {arch}")
 

@@ -65,7 +65,7 @@ class CountingBackend:
         self.chunks = 0
         self._lock = threading.Lock()
 
-    def generate(self, spec, messages: Sequence, options, emit: Callable[[str], None], stop) -> None:  # noqa: ANN001
+    def generate(self, spec, messages: Sequence, options, emit: Callable[[str], None], stop) -> None:
         with self._lock:
             self.calls += 1
 
@@ -92,7 +92,7 @@ class RunningApp:
         self.backend = backend
         self.demo = demo
 
-    def client(self):  # noqa: ANN201
+    def client(self):
         """A fresh gradio_client session: a new visitor."""
         from gradio_client import Client
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 
@@ -12,7 +13,13 @@ from gradio_client.exceptions import AppError
 from tests.conftest import RunningApp
 from webapp.terms import Terms
 
-FORM = {"name": "山田 太郎", "email": "taro@example.jp", "affiliation": "国立情報学研究所", "purpose": "研究", "agree": True}
+FORM = {
+    "name": "山田 太郎",
+    "email": "taro@example.jp",
+    "affiliation": "国立情報学研究所",
+    "purpose": "研究",
+    "agree": True,
+}
 GOOD = {
     "model_id": "tiny-llama",
     "temperature": 0.7,
@@ -43,7 +50,7 @@ def accepted(running_app: RunningApp):
 def test_chat_without_acceptance_is_refused_with_zero_tokens(running_app: RunningApp) -> None:
     client = running_app.client()
     before = (running_app.backend.calls, running_app.backend.chunks)
-    with pytest.raises(AppError, match="利用規約.*Accept the current terms"):
+    with pytest.raises(AppError, match=r"利用規約.*Accept the current terms"):
         client.predict("富士山について教えて", **GOOD, api_name="/chat")
     assert (running_app.backend.calls, running_app.backend.chunks) == before
 
@@ -58,7 +65,7 @@ def test_after_acceptance_the_same_client_streams(running_app: RunningApp) -> No
     job = client.submit("富士山について教えて", **(GOOD | {"temperature": 0, "max_new_tokens": 24}), api_name="/chat")
     updates = list(job)
     assert len(updates) >= 2, updates  # streamed, not one final message
-    assert all(later.startswith(earlier) for earlier, later in zip(updates, updates[1:], strict=False))
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(updates))
     assert updates[-1] == job.result() and job.result()
 
     # The row is in the SQLite file, with the hash of the exact terms shown.
@@ -183,5 +190,7 @@ def test_page_serves_the_terms_verbatim(running_app: RunningApp) -> None:
     terms = Terms.load()
     import html as html_lib
 
-    assert any(html_lib.unescape(v).endswith(terms.ja + "</div>") or terms.ja in html_lib.unescape(v) for v in html_values)
+    assert any(
+        html_lib.unescape(v).endswith(terms.ja + "</div>") or terms.ja in html_lib.unescape(v) for v in html_values
+    )
     assert any(terms.en in html_lib.unescape(v) for v in html_values)

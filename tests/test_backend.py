@@ -20,7 +20,9 @@ def backend(models_dir: Path) -> TransformersBackend:
     return TransformersBackend(models_dir=models_dir, max_loaded=4)
 
 
-def collect(backend: TransformersBackend, model_id: str, options: SamplingOptions, stop_after: int | None = None) -> list[str]:
+def collect(
+    backend: TransformersBackend, model_id: str, options: SamplingOptions, stop_after: int | None = None
+) -> list[str]:
     spec = Registry.of(TINY_MODELS).get(model_id)
     stop = threading.Event()
     chunks: list[str] = []
@@ -70,8 +72,7 @@ def test_closing_the_stream_stops_the_worker(backend: TransformersBackend) -> No
     inference = Inference(Registry.of(TINY_MODELS), backend)
 
     async def first_then_close() -> int:
-        stream = inference.stream("tiny-gptneox", [], "こんにちは",
-                                  SamplingOptions(temperature=0, max_new_tokens=2000))
+        stream = inference.stream("tiny-gptneox", [], "こんにちは", SamplingOptions(temperature=0, max_new_tokens=2000))
         async for _ in stream:
             break
         await stream.aclose()

@@ -63,8 +63,9 @@ def test_concurrent_writers_never_see_locked(engine) -> None:
     def accept(worker: int) -> None:
         for n in range(25):
             with sessions.begin() as s:
-                acceptances.record(s, identity=f"w{worker}-{n}", terms_id="t", terms_sha256="1" * 64,
-                                   contact=CONTACT, user_agent=None)
+                acceptances.record(
+                    s, identity=f"w{worker}-{n}", terms_id="t", terms_sha256="1" * 64, contact=CONTACT, user_agent=None
+                )
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(accept, range(16)))

@@ -28,23 +28,51 @@ def test_llmjp3_template_is_the_tokenizers_own() -> None:
 
 
 CASES = [
-    (PromptFormat.LLMJP3_CHAT, [], "富士山について教えて",
-     f"<s>{SENTENCE}\n\n### 指示:\n富士山について教えて\n\n### 応答:\n"),
-    (PromptFormat.LLMJP3_CHAT, HISTORY, "例を挙げて",
-     f"<s>{SENTENCE}\n\n### 指示:\n自然言語処理とは何か\n\n### 応答:\n人間の言葉を計算機で扱う技術です。</s>"
-     "\n\n### 指示:\n例を挙げて\n\n### 応答:\n"),
-    (PromptFormat.LLMJP_V11_ALPACA, [], "自然言語処理とは何か",
-     f"{SENTENCE}\n\n### 指示:\n自然言語処理とは何か\n\n### 応答:\n"),
-    (PromptFormat.LLMJP_V11_ALPACA, HISTORY, "例を挙げて",
-     f"{SENTENCE}\n\n### 指示:\n自然言語処理とは何か\n\n### 応答:\n人間の言葉を計算機で扱う技術です。"
-     "\n\n### 指示:\n例を挙げて\n\n### 応答:\n"),
-    (PromptFormat.WEBLAB_ALPACA, [], "大規模言語モデルについて説明してください。",
-     f"{SENTENCE}\n\n### 指示:\n大規模言語モデルについて説明してください。\n\n### 応答:"),
-    (PromptFormat.WEBLAB_ALPACA, [{"role": "user", "content": "こんにちは"}, {"role": "assistant", "content": "\nはい"}],
-     "続けて", f"{SENTENCE}\n\n### 指示:\nこんにちは\n\n### 応答:\nはい\n\n### 指示:\n続けて\n\n### 応答:"),
+    (
+        PromptFormat.LLMJP3_CHAT,
+        [],
+        "富士山について教えて",
+        f"<s>{SENTENCE}\n\n### 指示:\n富士山について教えて\n\n### 応答:\n",
+    ),
+    (
+        PromptFormat.LLMJP3_CHAT,
+        HISTORY,
+        "例を挙げて",
+        f"<s>{SENTENCE}\n\n### 指示:\n自然言語処理とは何か\n\n### 応答:\n人間の言葉を計算機で扱う技術です。</s>"
+        "\n\n### 指示:\n例を挙げて\n\n### 応答:\n",
+    ),
+    (
+        PromptFormat.LLMJP_V11_ALPACA,
+        [],
+        "自然言語処理とは何か",
+        f"{SENTENCE}\n\n### 指示:\n自然言語処理とは何か\n\n### 応答:\n",
+    ),
+    (
+        PromptFormat.LLMJP_V11_ALPACA,
+        HISTORY,
+        "例を挙げて",
+        f"{SENTENCE}\n\n### 指示:\n自然言語処理とは何か\n\n### 応答:\n人間の言葉を計算機で扱う技術です。"
+        "\n\n### 指示:\n例を挙げて\n\n### 応答:\n",
+    ),
+    (
+        PromptFormat.WEBLAB_ALPACA,
+        [],
+        "大規模言語モデルについて説明してください。",
+        f"{SENTENCE}\n\n### 指示:\n大規模言語モデルについて説明してください。\n\n### 応答:",
+    ),
+    (
+        PromptFormat.WEBLAB_ALPACA,
+        [{"role": "user", "content": "こんにちは"}, {"role": "assistant", "content": "\nはい"}],
+        "続けて",
+        f"{SENTENCE}\n\n### 指示:\nこんにちは\n\n### 応答:\nはい\n\n### 指示:\n続けて\n\n### 応答:",
+    ),
     (PromptFormat.COMPLETION, [], "自然言語処理とは", "自然言語処理とは"),
-    (PromptFormat.COMPLETION, [{"role": "user", "content": "昔々、"}, {"role": "assistant", "content": "あるところに"}],
-     "おじいさんと", "昔々、あるところにおじいさんと"),
+    (
+        PromptFormat.COMPLETION,
+        [{"role": "user", "content": "昔々、"}, {"role": "assistant", "content": "あるところに"}],
+        "おじいさんと",
+        "昔々、あるところにおじいさんと",
+    ),
 ]
 
 
@@ -57,8 +85,9 @@ def test_render_byte_exact(fmt: PromptFormat, history: list, message: str, expec
 
 
 @pytest.mark.parametrize(("fmt", "history", "message", "expected"), CASES)
-def test_render_with_real_tokenizers(real_tokenizers: dict, fmt: PromptFormat, history: list, message: str,
-                                     expected: str) -> None:
+def test_render_with_real_tokenizers(
+    real_tokenizers: dict, fmt: PromptFormat, history: list, message: str, expected: str
+) -> None:
     """With the real vocabularies, and the llm-jp-3 template carried by the tokenizer itself."""
     tok = real_tokenizers["ver2.1" if fmt is PromptFormat.LLMJP_V11_ALPACA else "ver3.0"]
     tok.chat_template = MODELS_MD_TEMPLATE if fmt is PromptFormat.LLMJP3_CHAT else None
@@ -79,4 +108,7 @@ def test_render_with_real_tokenizers(real_tokenizers: dict, fmt: PromptFormat, h
 def test_base_model_ignores_a_template_in_its_tokenizer() -> None:
     tok = tiny_tokenizer()
     tok.chat_template = MODELS_MD_TEMPLATE  # the base model shares the instruct tokenizer
-    assert render(tok, PromptFormat.COMPLETION, conversation(PromptFormat.COMPLETION, [], "日本の首都は")) == "日本の首都は"
+    assert (
+        render(tok, PromptFormat.COMPLETION, conversation(PromptFormat.COMPLETION, [], "日本の首都は"))
+        == "日本の首都は"
+    )

@@ -39,5 +39,11 @@ def test_temperature_zero_is_greedy() -> None:
 
 def test_sampling_kwargs() -> None:
     kwargs = SamplingOptions.parse(temperature=0.7, top_p=0.9, top_k=0, repetition_penalty=1.1).generate_kwargs()
-    assert kwargs == {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": None,
-                      "repetition_penalty": 1.1, "max_new_tokens": 100}
+    assert kwargs == {
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": None,
+        "repetition_penalty": 1.1,
+        "max_new_tokens": 100,
+    }

@@ -23,7 +23,7 @@ def stream(tokenizer: object, ids: list[int]) -> list[str]:
 def test_chunks_join_exactly(real_tokenizers: dict, japanese_lines: list[str], version: str) -> None:
     tok = real_tokenizers[version]
     for text in [TEXT, *japanese_lines]:
-        ids = tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
+        ids = [*tok.encode(text, add_special_tokens=False), tok.eos_token_id]
         chunks = stream(tok, ids)
         assert "".join(chunks) == tok.decode(ids, skip_special_tokens=True)
         assert not any("\ufffd" in c for c in chunks)

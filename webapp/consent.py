@@ -94,17 +94,17 @@ class AcceptanceForm(BaseModel):
             fields = dict.fromkeys(str(e["loc"][0]) if e["loc"] else "?" for e in exc.errors())
             names = [_FIELD_NAMES.get(f, (f, f)) for f in fields]
             raise InvalidForm(
-                "次の項目を確認してください: " + "、".join(ja for ja, _ in names)
+                "次の項目を確認してください: "
+                + "、".join(ja for ja, _ in names)
                 + "(必須項目の入力、正しいメールアドレス、制御文字なし、利用規約への同意が必要です)",
-                "Please check: " + ", ".join(en for _, en in names)
+                "Please check: "
+                + ", ".join(en for _, en in names)
                 + " (required fields, a valid email, no control characters, and ticking 'I agree').",
             ) from None
 
     def contact(self) -> acceptances.Contact:
         """The contact fields to store."""
-        return acceptances.Contact(
-            name=self.name, email=self.email, affiliation=self.affiliation, purpose=self.purpose
-        )
+        return acceptances.Contact(name=self.name, email=self.email, affiliation=self.affiliation, purpose=self.purpose)
 
 
 class Consent:

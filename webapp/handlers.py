@@ -83,13 +83,15 @@ class Handlers:
         form = AcceptanceForm.parse(name=name, email=email, affiliation=affiliation, purpose=purpose, agree=agree)
         self.consent.accept(identity, form, user_agent(request))
         return (
-            f"✅ 利用規約への同意を記録しました(規約 {self.consent.terms.id}、SHA-256 {self.consent.terms.sha256[:12]}…)。"
+            f"利用規約への同意を記録しました(規約 {self.consent.terms.id}、SHA-256 {self.consent.terms.sha256[:12]}…)。"
             " チャットを利用できます。 / Your acceptance is recorded; the chat is unlocked."
         )
 
     # -- chat ----------------------------------------------------------------
 
-    def _admit(self, request: gr.Request | None, message: str, model_id: str, sampling: dict[str, Any]) -> tuple[str, SamplingOptions]:
+    def _admit(
+        self, request: gr.Request | None, message: str, model_id: str, sampling: dict[str, Any]
+    ) -> tuple[str, SamplingOptions]:
         """All checks before any token is generated: the gate first, then the input."""
         self.consent.require(identify(request))
         if not isinstance(message, str) or not message.strip():

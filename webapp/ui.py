@@ -14,7 +14,7 @@ from webapp.handlers import Handlers, licence_markdown, wrap
 from webapp.terms import Terms
 
 TITLE = "LLM-jp チャット / LLM-jp Chat"
-CHAT_LOCKED = "チャット 🔒 規約への同意が必要 / Chat 🔒 accept the terms first"
+CHAT_LOCKED = "チャット(規約への同意が必要) / Chat (accept the terms first)"
 CHAT_OPEN = "チャット / Chat"
 
 CSS = """
@@ -55,7 +55,7 @@ def _render_terms(terms: Terms) -> _TermsForm:
         "## 利用規約 / Terms of use\n"
         "チャットを使う前に、国立情報学研究所の「LLM-jp-3 172B beta1」利用規約を読み、同意してください。"
         " 日本語版が正文です。英語版は参考訳であり、法的効力を持ちません。\n\n"
-        "Before chatting, read and accept the NII \"LLM-jp-3 172B beta1\" terms of use. The Japanese text is"
+        'Before chatting, read and accept the NII "LLM-jp-3 172B beta1" terms of use. The Japanese text is'
         " authoritative; the English translation is for reference only and has no legal effect."
     )
     with gr.Tabs():
@@ -80,7 +80,9 @@ def _render_terms(terms: Terms) -> _TermsForm:
 
 def _slider(name: str, label: str, value: float, step: float) -> gr.Slider:
     lo, hi = bounds(name)
-    return gr.Slider(minimum=lo, maximum=hi, value=value, step=step, label=label, info=SamplingOptions.model_fields[name].description)
+    return gr.Slider(
+        minimum=lo, maximum=hi, value=value, step=step, label=label, info=SamplingOptions.model_fields[name].description
+    )
 
 
 def _render_chat(registry: Registry) -> _Chat:
@@ -89,7 +91,7 @@ def _render_chat(registry: Registry) -> _Chat:
     with gr.Row():
         with gr.Column(scale=3):
             chatbot = gr.Chatbot(label="会話 / Conversation", height=460, buttons=["copy"], feedback_options=None)
-            message = gr.Textbox(label="メッセージ / Message", placeholder="富士山について教えて", lines=2, max_lines=8)
+            message = gr.Textbox(label="メッセージ / Message", placeholder="富士山について教えて", lines=1, max_lines=8)
             with gr.Row():
                 send = gr.Button("送信 / Send", variant="primary")
                 stop = gr.Button("停止 / Stop", variant="stop")
@@ -150,8 +152,12 @@ def build(*, handlers: Handlers, terms: Terms, registry: Registry) -> gr.Blocks:
         chat.stop.click(None, None, None, cancels=[reply], api_name="page_stop", api_visibility="private")
         chat.clear.click(lambda: [], None, chat.chatbot, api_name="page_clear", api_visibility="private", queue=False)
         chat.model.change(
-            fns["card_defaults"], chat.model, [*chat.sliders, chat.licence], api_name="page_model",
-            api_visibility="private", queue=False
+            fns["card_defaults"],
+            chat.model,
+            [*chat.sliders, chat.licence],
+            api_name="page_model",
+            api_visibility="private",
+            queue=False,
         )
         gr.api(fns["chat_api"], api_name="chat")
     return demo

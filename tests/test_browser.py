@@ -1,0 +1,87 @@
+"""One real-browser walk through the page: locked chat, accept, a streamed Japanese reply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ARTIFACTS, RunningApp
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Flags for a sandboxed, offline machine: no background fetches that would be refused.
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--lang=ja-JP",
+]
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def page():
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), "Debian's chromium is required (./dev test installs it)"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+        context = browser.new_context(locale="ja-JP", viewport={"width": 1280, "height": 1400})
+        yield context.new_page()
+        browser.close()
+
+
+def test_locked_accept_and_stream(running_app: RunningApp, page) -> None:
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.goto(running_app.url, wait_until="networkidle")
+    chat_tab = page.get_by_role("tab", name="Chat")
+    expect(chat_tab).to_be_disabled()
+    expect(chat_tab).to_contain_text("規約への同意が必要")
+    expect(page.get_by_text("第1条(利用許諾)").first).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "browser-1-locked.png"), full_page=True)
+
+    # Accepting with the box unticked is refused and keeps the chat locked.
+    page.get_by_label("氏名 / Name").fill("山田 太郎")
+    page.get_by_label("メールアドレス / Email").fill("taro@example.jp")
+    page.get_by_label("所属 / Affiliation").fill("国立情報学研究所")
+    page.get_by_label("利用目的 / Intended use").fill("動作確認")
+    page.get_by_role("button", name="同意する / Accept").click()
+    expect(page.get_by_text("同意のチェック").first).to_be_visible()
+    expect(chat_tab).to_be_disabled()
+
+    page.get_by_label("上記の利用規約に同意します").check()
+    page.get_by_role("button", name="同意する / Accept").click()
+    expect(page.get_by_role("tab", name="チャット / Chat")).to_have_attribute("aria-selected", "true", timeout=15_000)
+
+    # Record every text the reply shows, to see it arrive in pieces.
+    page.evaluate(
+        """() => {
+          window.__replies = [];
+          new MutationObserver(() => {
+            const bots = document.querySelectorAll('[data-testid="bot"]');
+            if (bots.length) window.__replies.push(bots[bots.length - 1].innerText);
+          }).observe(document.body, {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+    box = page.get_by_label("メッセージ / Message")
+    box.fill("富士山について教えて")
+    box.press("Enter")
+    expect(page.locator('[data-testid="user"]').last).to_contain_text("富士山について教えて", timeout=15_000)
+    expect(page.locator('[data-testid="bot"]').last).not_to_be_empty(timeout=60_000)
+    expect(page.get_by_role("button", name="送信 / Send")).to_be_enabled(timeout=60_000)
+    for close in page.get_by_role("button", name="Close").all():  # the earlier refusal's toast
+        close.click()
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(ARTIFACTS / "browser-2-chat.png"), full_page=True)
+
+    seen = [t for t in page.evaluate("window.__replies") if t.strip()]
+    final = page.locator('[data-testid="bot"]').last.inner_text()
+    assert final.strip()
+    assert len(set(seen)) >= 2, "the reply should appear in several updates"
