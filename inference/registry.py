@@ -8,7 +8,7 @@ the memory the weights need. Look models up by exact id only.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -230,14 +230,20 @@ DEFAULT_TINY_MODEL = "tiny-llama"
 
 @dataclass(frozen=True)
 class Registry:
-    """The models offered in this process, keyed by id."""
+    """The models offered in this process, keyed by id, and the one selected on arrival."""
 
-    specs: Mapping[str, ModelSpec] = field(default_factory=dict)
+    specs: Mapping[str, ModelSpec]
+    default_id: str
 
     @classmethod
-    def of(cls, specs: Iterable[ModelSpec]) -> Registry:
-        """A registry holding ``specs``, in order."""
-        return cls(MappingProxyType({s.id: s for s in specs}))
+    def of(cls, specs: Iterable[ModelSpec], default: str | None = None) -> Registry:
+        """A registry holding ``specs`` in order; ``default`` must be one of them."""
+        table = MappingProxyType({s.id: s for s in specs})
+        if default is None:
+            default = next((d for d in (DEFAULT_MODEL, DEFAULT_TINY_MODEL) if d in table), next(iter(table)))
+        registry = cls(table, default)
+        registry.get(default)  # an unknown default is a configuration error
+        return registry
 
     def get(self, model_id: str) -> ModelSpec:
         """The spec for ``model_id``; raises ``UnknownModel`` for any other id."""
@@ -249,10 +255,3 @@ class Registry:
     def ids(self) -> list[str]:
         """All ids, in display order."""
         return list(self.specs)
-
-    def default(self) -> str:
-        """The model selected on arrival."""
-        for preferred in (DEFAULT_MODEL, DEFAULT_TINY_MODEL):
-            if preferred in self.specs:
-                return preferred
-        return next(iter(self.specs))

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import sqlite3
+import threading
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -194,3 +198,38 @@ def test_page_serves_the_terms_verbatim(running_app: RunningApp) -> None:
         html_lib.unescape(v).endswith(terms.ja + "</div>") or terms.ja in html_lib.unescape(v) for v in html_values
     )
     assert any(terms.en in html_lib.unescape(v) for v in html_values)
+
+
+def test_readme_api_example_runs(running_app: RunningApp, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's example, pointed at this app and a tiny model, streams a reply."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"## API.*?```python\n(.*?)```", readme, re.S).group(1)
+    code = code.replace("http://127.0.0.1:7860/", running_app.url).replace("llm-jp-3.1-1.8b-instruct4", "tiny-llama")
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) >= 2
+
+
+def generating_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("generate-")]
+
+
+def test_cancel_stops_generation(running_app: RunningApp, accepted) -> None:
+    """Cancelling a /chat job ends generation on the server: the worker thread exits, no more tokens."""
+    # Uncancelled, this runs to about 2,000 tokens (1.3 s here); cancel comes after the first update.
+    long = GOOD | {"model_id": "tiny-gpt2", "temperature": 0, "max_new_tokens": 2048}
+    before = running_app.backend.chunks
+    job = accepted.submit("こんにちは", **long, api_name="/chat")
+    deadline = time.monotonic() + 30
+    while not job.outputs() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert job.outputs(), "no update arrived"
+    job.cancel()
+    stopped_at = time.monotonic()
+    while generating_threads() and time.monotonic() - stopped_at < 5:
+        time.sleep(0.01)
+    assert not generating_threads(), "generation went on after cancel"
+    chunks = running_app.backend.chunks
+    time.sleep(0.3)
+    assert running_app.backend.chunks == chunks
+    assert chunks - before < 500, f"{chunks - before} chunks: generation was not stopped early"

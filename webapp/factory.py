@@ -26,11 +26,7 @@ def catalog(settings: Settings) -> Registry:
         mode = "tiny" if offline else "real"
         log.info("hub %s: offering %s models", "unreachable or offline" if offline else "reachable", mode)
     specs = {"real": CHECKPOINTS, "tiny": TINY_MODELS, "all": CHECKPOINTS + TINY_MODELS}[mode]
-    registry = Registry.of(specs)
-    if settings.default_model:
-        registry.get(settings.default_model)  # an unknown default is a configuration error
-        registry = Registry.of(sorted(specs, key=lambda s: s.id != settings.default_model))
-    return registry
+    return Registry.of(specs, default=settings.default_model)
 
 
 def create_app(settings: Settings, *, backend: Backend | None = None) -> gr.Blocks:

@@ -86,7 +86,7 @@ def _slider(name: str, label: str, value: float, step: float) -> gr.Slider:
 
 
 def _render_chat(registry: Registry) -> _Chat:
-    default = registry.get(registry.default())
+    default = registry.get(registry.default_id)
     s = default.sampling
     with gr.Row():
         with gr.Column(scale=3):
@@ -148,6 +148,7 @@ def build(*, handlers: Handlers, terms: Terms, registry: Registry) -> gr.Blocks:
             [chat.chatbot, chat.message],
             api_name="page_chat",
             api_visibility="private",
+            concurrency_id="generate",
         )
         chat.stop.click(None, None, None, cancels=[reply], api_name="page_stop", api_visibility="private")
         chat.clear.click(lambda: [], None, chat.chatbot, api_name="page_clear", api_visibility="private", queue=False)
@@ -159,5 +160,5 @@ def build(*, handlers: Handlers, terms: Terms, registry: Registry) -> gr.Blocks:
             api_visibility="private",
             queue=False,
         )
-        gr.api(fns["chat_api"], api_name="chat")
+        gr.api(fns["chat_api"], api_name="chat", concurrency_id="generate")
     return demo

@@ -1,0 +1,190 @@
+"""The registry holds every checkpoint of MODELS.md, as data, looked up by exact id."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference import CHECKPOINTS, TINY_MODELS, Inference, Registry, UnknownModel
+from inference.local import TransformersBackend
+from inference.prompts import PromptFormat
+from inference.registry import Architecture
+from webapp.factory import catalog
+from webapp.handlers import Handlers
+from webapp.settings import Settings
+
+# (id, hub repo, architecture, moe, format, dtype, context, weights GB, licence, rep. penalty, max_new_tokens)
+EXPECTED = [
+    (
+        "llm-jp-3.1-1.8b-instruct4",
+        "llm-jp/llm-jp-3.1-1.8b-instruct4",
+        "llama",
+        False,
+        "llm-jp-3-chat",
+        "bfloat16",
+        4096,
+        3.7,
+        "Apache-2.0",
+        1.05,
+        100,
+    ),
+    (
+        "llm-jp-3.1-13b-instruct4",
+        "llm-jp/llm-jp-3.1-13b-instruct4",
+        "llama",
+        False,
+        "llm-jp-3-chat",
+        "bfloat16",
+        4096,
+        27.0,
+        "Apache-2.0",
+        1.05,
+        100,
+    ),
+    (
+        "llm-jp-3.1-8x13b-instruct4",
+        "llm-jp/llm-jp-3.1-8x13b-instruct4",
+        "mixtral",
+        True,
+        "llm-jp-3-chat",
+        "bfloat16",
+        4096,
+        146.0,
+        "Apache-2.0",
+        1.05,
+        100,
+    ),
+    (
+        "llm-jp-3-172b-beta1-instruct",
+        "llm-jp/llm-jp-3-172b-beta1-instruct",
+        "llama",
+        False,
+        "llm-jp-3-chat",
+        "bfloat16",
+        4096,
+        344.0,
+        "LLM-jp-3 172B beta1 利用規約 / Terms of Use",
+        1.05,
+        100,
+    ),
+    (
+        "llm-jp-13b-instruct-v1.1",
+        "llm-jp/llm-jp-13b-instruct-full-dolly_en-dolly_ja-ichikara_003_001-oasst_en-oasst_ja-v1.1",
+        "gpt2",
+        False,
+        "llm-jp-v1.1-alpaca",
+        "float16",
+        2048,
+        26.0,
+        "Apache-2.0",
+        1.1,
+        512,
+    ),
+    (
+        "weblab-10b-instruction-sft",
+        "matsuo-lab/weblab-10b-instruction-sft",
+        "gpt_neox",
+        False,
+        "weblab-alpaca",
+        "float16",
+        2048,
+        21.0,
+        "CC BY-NC 4.0",
+        1.0,
+        100,
+    ),
+    (
+        "llm-jp-3.1-1.8b",
+        "llm-jp/llm-jp-3.1-1.8b",
+        "llama",
+        False,
+        "completion",
+        "bfloat16",
+        4096,
+        3.7,
+        "Apache-2.0",
+        1.05,
+        100,
+    ),
+    (
+        "weblab-10b",
+        "matsuo-lab/weblab-10b",
+        "gpt_neox",
+        False,
+        "completion",
+        "float16",
+        2048,
+        21.0,
+        "CC BY-NC 4.0",
+        1.0,
+        100,
+    ),
+]
+
+
+@pytest.mark.parametrize("row", EXPECTED, ids=[r[0] for r in EXPECTED])
+def test_checkpoint_facts(row: tuple) -> None:
+    model_id, repo, arch, moe, fmt, dtype, context, weights, licence, rep, max_new = row
+    spec = Registry.of(CHECKPOINTS).get(model_id)
+    assert (spec.source, spec.architecture, spec.moe, spec.prompt_format, spec.dtype) == (
+        repo,
+        Architecture(arch),
+        moe,
+        PromptFormat(fmt),
+        dtype,
+    )
+    assert (spec.context, spec.weights_gb, spec.license.name) == (context, weights, licence)
+    assert (spec.sampling.temperature, spec.sampling.top_p) == (0.7, 0.95)
+    assert (spec.sampling.repetition_penalty, spec.sampling.max_new_tokens) == (rep, max_new)
+
+
+def test_all_checkpoints_listed() -> None:
+    assert [s.id for s in CHECKPOINTS] == [r[0] for r in EXPECTED]
+    assert Registry.of(CHECKPOINTS).default_id == "llm-jp-3.1-1.8b-instruct4"
+    assert Registry.of(CHECKPOINTS).get("llm-jp-3-172b-beta1-instruct").gated
+
+
+def test_weblab_is_non_commercial() -> None:
+    assert not Registry.of(CHECKPOINTS).get("weblab-10b-instruction-sft").license.commercial_use
+
+
+@pytest.mark.parametrize("model_id", ["llm-jp-3.1", "1.8b", "LLM-JP-3.1-1.8B-INSTRUCT4", "", None, "tiny-llama "])
+def test_lookup_is_exact(model_id: object) -> None:
+    with pytest.raises(UnknownModel) as err:
+        Registry.of(CHECKPOINTS).get(model_id)  # type: ignore[arg-type]
+    assert "llm-jp-3.1-1.8b-instruct4" in err.value.en
+
+
+def test_tiny_models_cover_the_four_architectures() -> None:
+    assert {s.architecture for s in TINY_MODELS} == set(Architecture)
+    assert all(s.tiny and s.id.startswith("tiny-") and "random" in s.label for s in TINY_MODELS)
+
+
+@pytest.mark.parametrize(
+    ("mode", "first"),
+    [("tiny", "tiny-llama"), ("real", "llm-jp-3.1-1.8b-instruct4"), ("all", "llm-jp-3.1-1.8b-instruct4")],
+)
+def test_catalog_modes(mode: str, first: str) -> None:
+    registry = catalog(Settings(models=mode))
+    assert registry.default_id == first
+
+
+def test_offline_auto_offers_tiny_models() -> None:
+    assert catalog(Settings()).default_id == "tiny-llama"  # HF_HUB_OFFLINE=1 in every test
+
+
+def test_configured_default_model() -> None:
+    assert catalog(Settings(models="all", default_model="tiny-gpt2")).default_id == "tiny-gpt2"
+    with pytest.raises(UnknownModel):
+        catalog(Settings(models="tiny", default_model="llm-jp-3.1-1.8b-instruct4"))
+
+
+@pytest.mark.parametrize("model_id", ["weblab-10b-instruction-sft", "llm-jp-13b-instruct-v1.1"])
+def test_choosing_a_model_resets_controls_to_its_card(model_id: str, tmp_path) -> None:
+    registry = Registry.of(CHECKPOINTS)
+    spec = registry.get(model_id)
+    inference = Inference(registry, TransformersBackend(models_dir=tmp_path))  # loads nothing
+    handlers = Handlers(consent=None, inference=inference, max_message_chars=10)  # type: ignore[arg-type]
+    *values, licence = handlers.card_defaults(model_id)
+    s = spec.sampling
+    assert values == [s.temperature, s.top_p, s.top_k, s.repetition_penalty, s.max_new_tokens]
+    assert spec.license.name in licence
