@@ -2,8 +2,9 @@
 
 import logging
 
-from webapp import create_app, launch_options
+from webapp.factory import create_app
 from webapp.settings import Settings
+from webapp.ui import launch_options
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

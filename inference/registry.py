@@ -36,6 +36,11 @@ class License:
     note_ja: str = ""
     note_en: str = ""
 
+    @property
+    def needs_acknowledgement(self) -> bool:
+        """Non-commercial licences ask each user to acknowledge that restriction once."""
+        return not self.commercial_use
+
 
 APACHE_2 = License(name="Apache-2.0", url="https://www.apache.org/licenses/LICENSE-2.0", commercial_use=True)
 CC_BY_NC_4 = License(

@@ -103,8 +103,9 @@ class RunningApp:
 def running_app(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[RunningApp]:
     """The real app, launched in-process on a free port with a real SQLite file."""
     from inference.local import TransformersBackend
-    from webapp import create_app, launch_options
+    from webapp.factory import create_app
     from webapp.settings import Settings
+    from webapp.ui import launch_options
 
     data = tmp_path_factory.mktemp("appdata")
     settings = Settings(data_dir=data, models="tiny", hub_offline=True)
@@ -116,3 +117,77 @@ def running_app(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> I
         yield RunningApp(url, settings, backend, demo)
     finally:
         demo.close()
+
+
+# -- databases ---------------------------------------------------------------------
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on 127.0.0.1, started by the test run (Debian's postgresql)."""
+
+    def __init__(self, base: Path) -> None:
+        import glob
+        import os
+        import subprocess
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        assert found, "Debian's postgresql is required (./dev test installs it)"
+        self.bin = Path(found[-1]).parent
+        self.port = free_port()
+        self.base = base
+        self.data = base / "data"
+        # PostgreSQL refuses to run as root: run it as the postgres system user then.
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as:
+            subprocess.run(["chown", "-R", "postgres:postgres", str(base)], check=True)
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(base / "log"), "-w", "start",
+            "-o", f"-h 127.0.0.1 -p {self.port} -k {base} -F -c max_connections=100",
+        )  # fmt: skip
+
+    def _run(self, tool: str, *args: str) -> None:
+        import subprocess
+
+        subprocess.run([*self._as, str(self.bin / tool), *args], check=True, capture_output=True)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole run."""
+    import shutil
+    import tempfile
+
+    # Not under pytest's tmp_path: that is private to root, and the server runs as postgres.
+    base = Path(tempfile.mkdtemp(prefix="llmjp-pg-"))
+    base.chmod(0o755)
+    server = PostgresServer(base)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+_databases = iter(range(1, 1_000_000))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each kind; the same test runs on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db' / 'audit.sqlite3'}"
+    return request.getfixturevalue("postgres").create_database(f"test_{next(_databases)}")

@@ -38,8 +38,8 @@ def rows(app: RunningApp) -> list[tuple]:
     path = app.settings.data_dir / "llmjp-demo.sqlite3"
     with sqlite3.connect(path) as conn:
         return conn.execute(
-            "SELECT identity, terms_id, terms_sha256, name, email, affiliation, purpose, accepted_at, user_agent"
-            " FROM acceptances ORDER BY id"
+            "SELECT identity, terms_id, terms_sha256, name, email, affiliation, purpose, created_at, user_agent"
+            " FROM events WHERE kind = 'accepted' ORDER BY seq"
         ).fetchall()
 
 
@@ -64,8 +64,8 @@ def test_after_acceptance_the_same_client_streams(running_app: RunningApp) -> No
     count = len(rows(running_app))
     with pytest.raises(AppError):
         client.predict("こんにちは", **GOOD, api_name="/chat")
-    status = client.predict(**FORM, api_name="/accept_terms")
-    assert "同意を記録しました" in status
+    status, receipt = client.predict(**FORM, api_name="/accept_terms")
+    assert "同意を記録しました" in status and receipt
     job = client.submit("富士山について教えて", **(GOOD | {"temperature": 0, "max_new_tokens": 24}), api_name="/chat")
     updates = list(job)
     assert len(updates) >= 2, updates  # streamed, not one final message
@@ -79,7 +79,7 @@ def test_after_acceptance_the_same_client_streams(running_app: RunningApp) -> No
     terms = Terms.load()
     assert (terms_id, sha) == (terms.id, terms.sha256)
     assert (name, email, affiliation, purpose) == ("山田 太郎", "taro@example.jp", "国立情報学研究所", "研究")
-    assert identity.startswith("session:") and accepted_at and agent is not None
+    assert identity == f"anon:{client.session_hash}" and accepted_at and agent is not None
 
 
 def test_a_second_client_is_still_refused(running_app: RunningApp, accepted) -> None:
@@ -141,7 +141,7 @@ def test_nan_is_refused(running_app: RunningApp, accepted) -> None:
     fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "chat")
     before = (running_app.backend.calls, running_app.backend.chunks)
     body = (
-        f'{{"data": ["こんにちは", "tiny-llama", NaN, 0.95, 0, 1.05, 16, null], "fn_index": {fn_index},'
+        f'{{"data": ["こんにちは", "tiny-llama", NaN, 0.95, 0, 1.05, 16, null, null], "fn_index": {fn_index},'
         f' "session_hash": "{accepted.session_hash}"}}'
     )
     result = raw_chat(running_app, accepted.session_hash, body)
@@ -183,9 +183,16 @@ def test_html_in_the_form_is_stored_as_given(running_app: RunningApp) -> None:
 
 def test_api_documents_both_endpoints(running_app: RunningApp) -> None:
     api = running_app.client().view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert [p["parameter_name"] for p in api["/accept_terms"]["parameters"]] == list(FORM)
-    assert [p["parameter_name"] for p in api["/chat"]["parameters"]] == ["message", *GOOD, "history"]
-    assert {name for name in api} == {"/accept_terms", "/chat"}
+    assert [p["parameter_name"] for p in api["/accept_terms"]["parameters"]] == [*FORM, "receipt"]
+    assert [p["parameter_name"] for p in api["/chat"]["parameters"]] == ["message", *GOOD, "history", "receipt"]
+    assert set(api) == {
+        "/accept_terms",
+        "/withdraw_consent",
+        "/acknowledge_licence",
+        "/chat",
+        "/admin_events",
+        "/admin_export",
+    }
 
 
 def test_page_serves_the_terms_verbatim(running_app: RunningApp) -> None:

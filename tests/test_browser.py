@@ -40,7 +40,7 @@ def test_locked_accept_and_stream(running_app: RunningApp, page) -> None:
     from playwright.sync_api import expect
 
     ARTIFACTS.mkdir(exist_ok=True)
-    page.goto(running_app.url, wait_until="networkidle")
+    page.goto(running_app.url, wait_until="load")
     chat_tab = page.get_by_role("tab", name="Chat")
     expect(chat_tab).to_be_disabled()
     expect(chat_tab).to_contain_text("規約への同意が必要")
@@ -85,3 +85,13 @@ def test_locked_accept_and_stream(running_app: RunningApp, page) -> None:
     final = page.locator('[data-testid="bot"]').last.inner_text()
     assert final.strip()
     assert len(set(seen)) >= 2, "the reply should appear in several updates"
+
+    # A returning browser is recognised by its receipt: no second acceptance.
+    page.reload(wait_until="load")
+    expect(page.get_by_role("tab", name="チャット / Chat")).to_have_attribute("aria-selected", "true", timeout=15_000)
+
+    # Withdrawing locks the chat again at once.
+    page.get_by_role("tab", name="利用規約 / Terms").click()
+    page.get_by_role("button", name="同意を撤回する / Withdraw consent").click()
+    expect(page.get_by_role("tab", name="Chat")).to_be_disabled(timeout=15_000)
+    expect(page.get_by_text("同意を撤回しました").first).to_be_visible()

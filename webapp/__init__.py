@@ -1,6 +1,5 @@
-"""The Gradio web app: terms of use, recorded acceptance, gated chat."""
+"""The Gradio web app: terms of use, recorded consent, gated chat, audit views.
 
-from webapp.factory import create_app
-from webapp.ui import launch_options
-
-__all__ = ["create_app", "launch_options"]
+Import ``webapp.factory.create_app`` to build it; this package's own import
+stays light so that ``python -m db`` does not load Gradio or torch.
+"""

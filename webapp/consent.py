@@ -5,16 +5,18 @@ from __future__ import annotations
 import re
 import unicodedata
 
-import gradio as gr
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import acceptances
-from webapp.errors import ConsentRequired, InvalidForm
+from db import audit
+from db.models import EventKind
+from inference import InvalidInput, ModelSpec
+from webapp.errors import ConsentRequired, InvalidForm, LicenceNotAcknowledged
+from webapp.identity import Caller, Identities
+from webapp.receipts import Receipt
 from webapp.terms import Terms
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
-_USER_AGENT_MAX = 512
 
 _FIELD_NAMES = {
     "name": ("氏名", "name"),
@@ -23,24 +25,6 @@ _FIELD_NAMES = {
     "purpose": ("利用目的", "intended use"),
     "agree": ("同意のチェック", "the 'I agree' box"),
 }
-
-
-def identify(request: gr.Request | None) -> str:
-    """The caller's identity for the gate: today, their Gradio session.
-
-    Fails closed: a call without a session can never match an acceptance.
-    """
-    session_hash = getattr(request, "session_hash", None) if request is not None else None
-    if not session_hash:
-        raise ConsentRequired()
-    return f"session:{session_hash}"
-
-
-def user_agent(request: gr.Request | None) -> str | None:
-    """The caller's User-Agent header, truncated; nothing else about the connection is kept."""
-    headers = getattr(request, "headers", None) or {}
-    agent = headers.get("user-agent")
-    return agent[:_USER_AGENT_MAX] if agent else None
 
 
 def _no_controls(value: str, *, multiline: bool = False) -> str:
@@ -102,39 +86,100 @@ class AcceptanceForm(BaseModel):
                 + " (required fields, a valid email, no control characters, and ticking 'I agree').",
             ) from None
 
-    def contact(self) -> acceptances.Contact:
+    def contact(self) -> audit.Contact:
         """The contact fields to store."""
-        return acceptances.Contact(name=self.name, email=self.email, affiliation=self.affiliation, purpose=self.purpose)
+        return audit.Contact(name=self.name, email=self.email, affiliation=self.affiliation, purpose=self.purpose)
 
 
-class Consent:
-    """Records acceptances and decides, on the server, who may generate."""
+class Gate:
+    """Records consent and decides, on the server, who may generate with which model.
 
-    def __init__(self, sessions: sessionmaker[Session], terms: Terms) -> None:
+    The only place the decision is made; the page and the API both call it.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], terms: Terms, identities: Identities) -> None:
         self.sessions = sessions
         self.terms = terms
+        self.identities = identities
         self._sha256 = terms.sha256
 
-    def accept(self, identity: str, form: AcceptanceForm, agent: str | None) -> None:
-        """Record that ``identity`` accepted the current terms; one committed row or nothing."""
+    def _meta(self, caller: Caller) -> dict[str, str | None]:
+        return {"user_agent": caller.user_agent, "client_hash": caller.client_hash}
+
+    def accept(self, caller: Caller, form: AcceptanceForm) -> str:
+        """Record acceptance of the current terms; returns a receipt for an anonymous caller ('' when signed in)."""
         with self.sessions.begin() as session:
-            acceptances.record(
+            audit.accept(
                 session,
-                identity=identity,
+                identity=caller.identity,
                 terms_id=self.terms.id,
                 terms_sha256=self._sha256,
                 contact=form.contact(),
-                user_agent=agent,
+                **self._meta(caller),
             )
+        if caller.username:
+            return ""
+        return self.identities.receipts.issue(Receipt(caller.identity, self.terms.id, self._sha256))
 
-    def allows(self, identity: str) -> bool:
-        """Whether ``identity`` has accepted the current terms."""
+    def withdraw(self, caller: Caller) -> None:
+        """Record that ``caller`` withdraws consent; their chat locks at once."""
+        with self.sessions.begin() as session:
+            if not audit.has_consent(
+                session, identity=caller.identity, terms_id=self.terms.id, terms_sha256=self._sha256
+            ):
+                raise InvalidInput("撤回できる同意がありません。", "There is no consent to withdraw.")
+            audit.append(session, kind=EventKind.WITHDRAWN, identity=caller.identity, **self._meta(caller))
+
+    def acknowledge(self, caller: Caller, spec: ModelSpec) -> None:
+        """Record ``caller``'s acknowledgement of ``spec``'s licence, once per identity and licence."""
+        self.require_consent(caller)
+        licence = spec.license.name
+        with self.sessions.begin() as session:
+            if not audit.has_acknowledged(session, identity=caller.identity, licence=licence):
+                audit.append(
+                    session,
+                    kind=EventKind.LICENCE_ACKNOWLEDGED,
+                    identity=caller.identity,
+                    licence=licence,
+                    model_id=spec.id,
+                    **self._meta(caller),
+                )
+
+    def has_consent(self, caller: Caller) -> bool:
+        """Whether ``caller`` holds an acceptance of the current terms."""
         with self.sessions() as session:
-            return acceptances.has_accepted(
-                session, identity=identity, terms_id=self.terms.id, terms_sha256=self._sha256
+            return audit.has_consent(
+                session, identity=caller.identity, terms_id=self.terms.id, terms_sha256=self._sha256
             )
 
-    def require(self, identity: str) -> None:
-        """Raise ``ConsentRequired`` unless ``identity`` has accepted the current terms."""
-        if not self.allows(identity):
+    def has_acknowledged(self, caller: Caller, spec: ModelSpec) -> bool:
+        """Whether ``spec``'s licence needs nothing more from ``caller``."""
+        if not spec.license.needs_acknowledgement:
+            return True
+        with self.sessions() as session:
+            return audit.has_acknowledged(session, identity=caller.identity, licence=spec.license.name)
+
+    def require_consent(self, caller: Caller) -> None:
+        """Raise ``ConsentRequired`` unless ``caller`` accepted the current terms."""
+        if not self.has_consent(caller):
             raise ConsentRequired()
+
+    def admit(self, caller: Caller, spec: ModelSpec) -> None:
+        """Allow generation with ``spec`` or raise; every refusal is recorded."""
+        if not self.has_consent(caller):
+            self._refused(caller, spec, "no_consent")
+            raise ConsentRequired()
+        if not self.has_acknowledged(caller, spec):
+            self._refused(caller, spec, "licence_not_acknowledged")
+            raise LicenceNotAcknowledged(spec.label, spec.license.name)
+
+    def _refused(self, caller: Caller, spec: ModelSpec, reason: str) -> None:
+        with self.sessions.begin() as session:
+            audit.append(
+                session,
+                kind=EventKind.REFUSED,
+                identity=caller.identity,
+                model_id=spec.id,
+                reason=reason,
+                **self._meta(caller),
+            )

@@ -26,6 +26,23 @@ class ConsentRequired(AppError):
         )
 
 
+class LicenceNotAcknowledged(AppError):
+    """The model's licence needs an acknowledgement this caller has not given."""
+
+    def __init__(self, model_label: str, licence: str) -> None:
+        super().__init__(
+            f"{model_label} のライセンス({licence})は非営利利用に限られます。モデル欄の下で非営利利用を確認してから使ってください。",
+            f"{model_label} is licensed {licence} (non-commercial only). Acknowledge non-commercial use below the model first.",
+        )
+
+
+class NotAdmin(AppError):
+    """Only administrators may do this."""
+
+    def __init__(self) -> None:
+        super().__init__("管理者のみが利用できます。", "Only administrators may do this.")
+
+
 class InvalidForm(InvalidInput):
     """The acceptance form is incomplete or malformed; nothing was recorded."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import gradio as gr
@@ -10,8 +11,11 @@ from db.engine import make_engine, session_factory, upgrade
 from inference import CHECKPOINTS, TINY_MODELS, Backend, Inference, Registry, hub
 from inference.local import TransformersBackend
 from webapp import ui
-from webapp.consent import Consent
+from webapp.admin import Admin
+from webapp.consent import Gate
 from webapp.handlers import Handlers
+from webapp.identity import Identities
+from webapp.receipts import Receipts
 from webapp.settings import Settings
 from webapp.terms import Terms
 
@@ -29,10 +33,11 @@ def catalog(settings: Settings) -> Registry:
     return Registry.of(specs, default=settings.default_model)
 
 
-def create_app(settings: Settings, *, backend: Backend | None = None) -> gr.Blocks:
+def create_app(settings: Settings, *, backend: Backend | None = None, terms: Terms | None = None) -> gr.Blocks:
     """The Gradio app for ``settings``. Loads no model: models load on first use.
 
-    ``backend`` replaces the local transformers backend (tests wrap it to count tokens).
+    ``backend`` replaces the local transformers backend (tests wrap it to count
+    tokens); ``terms`` replaces the shipped terms (tests change the text).
     """
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
@@ -40,11 +45,28 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> gr.Bloc
     backend = backend or TransformersBackend(
         models_dir=settings.models_dir, hf_token=settings.token, max_loaded=settings.max_loaded_models
     )
+    secret = settings.server_secret()
+    sessions = session_factory(engine)
+    identities = Identities(Receipts(secret, max_age_days=settings.receipt_days), secret)
+    terms = terms or Terms.load()
     handlers = Handlers(
-        consent=Consent(session_factory(engine), Terms.load()),
+        gate=Gate(sessions, terms, identities),
         inference=Inference(registry, backend),
         max_message_chars=settings.max_message_chars,
     )
-    demo = ui.build(handlers=handlers, terms=handlers.consent.terms, registry=registry)
+    admin = Admin(
+        sessions,
+        identities,
+        users=settings.admins,
+        token=settings.admin_token.get_secret_value() if settings.admin_token else None,
+    )
+    demo = ui.build(
+        handlers=handlers,
+        admin=admin,
+        terms=terms,
+        registry=registry,
+        oauth=settings.oauth,
+        secret=hashlib.sha256(secret + b"/browser-state").hexdigest(),
+    )
     log.info("database %s; models %s", settings.database_url_redacted, ", ".join(registry.ids()))
     return demo

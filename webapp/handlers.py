@@ -1,7 +1,7 @@
 """Event handlers shared by the page and the public API.
 
-Every handler that generates text passes the server-side gate first, so the
-page and a direct API call are held to exactly the same rule.
+Every handler derives the caller through ``Identities`` and asks the ``Gate``,
+so the page and a direct API call are held to exactly the same rule.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any, Literal
 import gradio as gr
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from inference import Inference, InvalidInput, Message, SamplingOptions
-from webapp.consent import AcceptanceForm, Consent, identify, user_agent
-from webapp.errors import user_errors
+from inference import Inference, InvalidInput, Message, ModelSpec, SamplingOptions
+from webapp.consent import AcceptanceForm, Gate
+from webapp.identity import Caller
 
 MAX_TURNS = 200
 
@@ -59,15 +59,31 @@ def parse_history(history: list[dict[str, Any]] | None) -> list[Message]:
     return [{"role": t.role, "content": t.content} for t in turns]
 
 
-class Handlers:
-    """The server side of every event: terms acceptance and chat."""
+def _sampling(
+    temperature: float, top_p: float, top_k: int, repetition_penalty: float, max_new_tokens: int
+) -> dict[str, Any]:
+    return {
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "repetition_penalty": repetition_penalty,
+        "max_new_tokens": max_new_tokens,
+    }
 
-    def __init__(self, *, consent: Consent, inference: Inference, max_message_chars: int) -> None:
-        self.consent = consent
+
+class Handlers:
+    """The server side of terms, consent and chat."""
+
+    def __init__(self, *, gate: Gate, inference: Inference, max_message_chars: int) -> None:
+        self.gate = gate
         self.inference = inference
         self.max_message_chars = max_message_chars
 
-    # -- terms ---------------------------------------------------------------
+    def caller(self, request: gr.Request | None, profile: gr.OAuthProfile | None, receipt: str | None) -> Caller:
+        """The caller, from their account, receipt or session."""
+        return self.gate.identities.caller(request, profile, receipt)
+
+    # -- terms and consent ---------------------------------------------------
 
     def accept_terms(
         self,
@@ -76,24 +92,51 @@ class Handlers:
         affiliation: str,
         purpose: str,
         agree: bool,
-        request: gr.Request,
-    ) -> str:
-        """Record the caller's acceptance of the current terms of use."""
-        identity = identify(request)
+        receipt: str | None = None,
+        request: gr.Request = None,  # type: ignore[assignment]
+        profile: gr.OAuthProfile | None = None,
+    ) -> tuple[str, str]:
+        """Record acceptance of the current terms; returns a message and a receipt for later visits."""
+        caller = self.caller(request, profile, receipt)
         form = AcceptanceForm.parse(name=name, email=email, affiliation=affiliation, purpose=purpose, agree=agree)
-        self.consent.accept(identity, form, user_agent(request))
+        token = self.gate.accept(caller, form)
+        terms = self.gate.terms
         return (
-            f"利用規約への同意を記録しました(規約 {self.consent.terms.id}、SHA-256 {self.consent.terms.sha256[:12]}…)。"
-            " チャットを利用できます。 / Your acceptance is recorded; the chat is unlocked."
+            f"利用規約への同意を記録しました(規約 {terms.id}、SHA-256 {terms.sha256[:12]}…)。チャットを利用できます。"
+            " / Your acceptance is recorded; the chat is unlocked.",
+            token,
         )
+
+    def withdraw_consent(
+        self,
+        receipt: str | None = None,
+        request: gr.Request = None,  # type: ignore[assignment]
+        profile: gr.OAuthProfile | None = None,
+    ) -> str:
+        """Withdraw consent: the chat locks at once, and the withdrawal is recorded."""
+        self.gate.withdraw(self.caller(request, profile, receipt))
+        return "同意を撤回しました。チャットはロックされました。 / Consent withdrawn; the chat is locked."
+
+    def acknowledge_licence(
+        self,
+        model_id: str,
+        receipt: str | None = None,
+        request: gr.Request = None,  # type: ignore[assignment]
+        profile: gr.OAuthProfile | None = None,
+    ) -> str:
+        """Acknowledge the licence of ``model_id`` (needed once for non-commercial licences)."""
+        spec = self.inference.registry.get(model_id)
+        self.gate.acknowledge(self.caller(request, profile, receipt), spec)
+        return f"{spec.license.name} の条件を確認しました。 / Acknowledged: {spec.license.name}."
 
     # -- chat ----------------------------------------------------------------
 
     def _admit(
-        self, request: gr.Request | None, message: str, model_id: str, sampling: dict[str, Any]
+        self, caller: Caller, message: str, model_id: str, sampling: dict[str, Any]
     ) -> tuple[str, SamplingOptions]:
         """All checks before any token is generated: the gate first, then the input."""
-        self.consent.require(identify(request))
+        spec = self.inference.registry.get(model_id)
+        self.gate.admit(caller, spec)
         if not isinstance(message, str) or not message.strip():
             raise InvalidInput("メッセージを入力してください。", "Please type a message.")
         if len(message) > self.max_message_chars:
@@ -101,15 +144,20 @@ class Handlers:
                 f"メッセージが長すぎます({len(message)} 文字、上限 {self.max_message_chars} 文字)。",
                 f"The message is too long ({len(message)} characters; the limit is {self.max_message_chars}).",
             )
-        options = SamplingOptions.parse(**sampling)
-        self.inference.registry.get(model_id)
-        return message, options
+        return message, SamplingOptions.parse(**sampling)
 
     async def _admitted(
-        self, request: gr.Request | None, message: str, model_id: str, sampling: dict[str, Any]
+        self,
+        request: gr.Request | None,
+        profile: gr.OAuthProfile | None,
+        receipt: str | None,
+        message: str,
+        model_id: str,
+        sampling: dict[str, Any],
     ) -> tuple[str, SamplingOptions]:
-        # The gate reads the database: keep that off the event loop.
-        return await asyncio.to_thread(self._admit, request, message, model_id, sampling)
+        # The gate reads (and on refusal writes) the database: off the event loop.
+        caller = self.caller(request, profile, receipt)
+        return await asyncio.to_thread(self._admit, caller, message, model_id, sampling)
 
     async def chat_api(
         self,
@@ -121,12 +169,14 @@ class Handlers:
         repetition_penalty: float,
         max_new_tokens: int,
         history: list[dict[str, Any]] | None = None,
+        receipt: str | None = None,
         request: gr.Request = None,  # type: ignore[assignment]
+        profile: gr.OAuthProfile | None = None,
     ) -> AsyncIterator[str]:
         """Stream a reply to ``message``; each update is the reply so far."""
         sampling = _sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens)
         past = parse_history(history)
-        text, options = await self._admitted(request, message, model_id, sampling)
+        text, options = await self._admitted(request, profile, receipt, message, model_id, sampling)
         reply = ""
         async for delta in self.inference.stream(model_id, past, text, options):
             reply += delta
@@ -142,12 +192,14 @@ class Handlers:
         top_k: int,
         repetition_penalty: float,
         max_new_tokens: int,
+        receipt: str | None,
         request: gr.Request,
+        profile: gr.OAuthProfile | None,
     ) -> AsyncIterator[tuple[list[dict[str, str]], str]]:
         """The page's chat: show the user's turn, then stream the reply into the chatbot."""
         sampling = _sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens)
         past = parse_history(history)
-        text, options = await self._admitted(request, message, model_id, sampling)
+        text, options = await self._admitted(request, profile, receipt, message, model_id, sampling)
         shown = [dict(m) for m in past] + [{"role": "user", "content": text}]
         yield shown, ""  # the turn appears and the box clears before the model answers
         reply = ""
@@ -161,32 +213,17 @@ class Handlers:
         s = spec.sampling
         return s.temperature, s.top_p, s.top_k, s.repetition_penalty, s.max_new_tokens, licence_markdown(spec)
 
-
-def _sampling(
-    temperature: float, top_p: float, top_k: int, repetition_penalty: float, max_new_tokens: int
-) -> dict[str, Any]:
-    return {
-        "temperature": temperature,
-        "top_p": top_p,
-        "top_k": top_k,
-        "repetition_penalty": repetition_penalty,
-        "max_new_tokens": max_new_tokens,
-    }
+    def needs_acknowledgement(
+        self, model_id: str, receipt: str | None, request: gr.Request, profile: gr.OAuthProfile | None
+    ) -> bool:
+        """Whether the page should offer the licence acknowledgement for ``model_id``."""
+        spec = self.inference.registry.get(model_id)
+        return not self.gate.has_acknowledged(self.caller(request, profile, receipt), spec)
 
 
-def licence_markdown(spec: Any) -> str:
+def licence_markdown(spec: ModelSpec) -> str:
     """One line naming the model's licence (and its note), for beside the model."""
     lic = spec.license
     name = f"[{lic.name}]({lic.url})" if lic.url else lic.name
     note = f" — {lic.note_ja} / {lic.note_en}" if lic.note_ja else ""
     return f"**ライセンス / Licence:** {name}{note}"
-
-
-def wrap(handlers: Handlers) -> dict[str, Any]:
-    """The handlers with errors converted for the visitor, in one place."""
-    return {
-        "accept_terms": user_errors(handlers.accept_terms),
-        "chat_api": user_errors(handlers.chat_api),
-        "chat_ui": user_errors(handlers.chat_ui),
-        "card_defaults": user_errors(handlers.card_defaults),
-    }

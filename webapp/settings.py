@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -31,6 +33,16 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(4000, ge=1, description="Longest accepted chat message, in characters.")
     max_loaded_models: int = Field(1, ge=1, description="Models kept in memory at once.")
     hf_token: SecretStr | None = Field(None, validation_alias=AliasChoices("HF_TOKEN", "LLMJP_HF_TOKEN"))
+    secret_key: SecretStr | None = Field(
+        None, description="Signs receipts and salts address hashes; generated into data_dir when unset."
+    )
+    receipt_days: int = Field(90, ge=1, le=3650, description="How long a browser's receipt is honoured.")
+    oauth: bool = Field(
+        default_factory=lambda: bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_SECRET")),
+        description="'Sign in with Hugging Face'; on by default in a Space with hf_oauth: true.",
+    )
+    admin_users: str = Field("", description="Comma-separated Hugging Face usernames allowed the Admin tab.")
+    admin_token: SecretStr | None = Field(None, description="Token that grants the admin endpoints.")
     hub_offline: bool = Field(False, validation_alias=AliasChoices("HF_HUB_OFFLINE", "LLMJP_HUB_OFFLINE"))
 
     @field_validator("models")
@@ -54,6 +66,30 @@ class Settings(BaseSettings):
     def models_dir(self) -> Path:
         """Where tiny test models are built and cached."""
         return self.data_dir / "models"
+
+    @property
+    def admins(self) -> frozenset[str]:
+        """Hugging Face usernames with access to the Admin tab."""
+        return frozenset(u.strip() for u in self.admin_users.split(",") if u.strip())
+
+    def server_secret(self) -> bytes:
+        """The server's secret: from settings, else kept in ``data_dir/secret_key`` (created once, mode 0600)."""
+        if self.secret_key:
+            return self.secret_key.get_secret_value().encode()
+        path = self.data_dir / "secret_key"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # O_EXCL: when several replicas start at once, exactly one writes it.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        value = path.read_text().strip()
+        if len(value) < 32:
+            raise RuntimeError(f"{path} is too short to be a secret; delete it to have a new one made")
+        return value.encode()
 
     @property
     def token(self) -> str | None:

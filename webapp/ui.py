@@ -1,4 +1,4 @@
-"""The page: a Terms tab that gates a Chat tab. Layout in small builders, events wired in one place."""
+"""The page: Terms, Chat and (for administrators) Admin tabs. Layout in small builders, events in one place."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ import gradio as gr
 
 from inference import Registry, SamplingOptions
 from inference.sampling import bounds
-from webapp.handlers import Handlers, licence_markdown, wrap
+from webapp.admin import EVENT_COLUMNS, Admin
+from webapp.errors import user_errors
+from webapp.handlers import Handlers, licence_markdown
 from webapp.terms import Terms
 
 TITLE = "LLM-jp チャット / LLM-jp Chat"
 CHAT_LOCKED = "チャット(規約への同意が必要) / Chat (accept the terms first)"
 CHAT_OPEN = "チャット / Chat"
+ACKNOWLEDGE = "非営利目的でのみ利用することを確認します / I will use this model for non-commercial purposes only"
 
 CSS = """
 .terms-text { white-space: pre-wrap; font-size: 0.92em; line-height: 1.6; max-height: 28em; overflow-y: auto;
@@ -32,10 +35,19 @@ def launch_options() -> dict[str, Any]:
 
 
 @dataclass
+class _TermsForm:
+    fields: list[Any]
+    accept: gr.Button
+    withdraw: gr.Button
+    status: gr.Markdown
+
+
+@dataclass
 class _Chat:
     model: gr.Dropdown
     licence: gr.Markdown
-    sliders: list[gr.components.Component]
+    acknowledge: gr.Button
+    sliders: list[Any]
     chatbot: gr.Chatbot
     message: gr.Textbox
     send: gr.Button
@@ -44,10 +56,27 @@ class _Chat:
 
 
 @dataclass
-class _TermsForm:
-    fields: list[gr.components.Component]
-    accept: gr.Button
-    status: gr.Markdown
+class _Page:
+    """Every component an event reads or updates."""
+
+    receipt: gr.BrowserState
+    admin_token: gr.State
+    tabs: gr.Tabs
+    chat_tab: gr.Tab
+    admin_tab: gr.Tab
+    form: _TermsForm
+    chat: _Chat
+    admin: _AdminView
+
+
+@dataclass
+class _AdminView:
+    token_box: gr.Textbox
+    sign_in: gr.Button
+    plot: gr.BarPlot
+    events: gr.Dataframe
+    download: gr.File
+    refresh: gr.Button
 
 
 def _render_terms(terms: Terms) -> _TermsForm:
@@ -64,7 +93,7 @@ def _render_terms(terms: Terms) -> _TermsForm:
         with gr.Tab("English (reference only, no legal effect)", id="terms-en"):
             gr.HTML(f'<div class="terms-text" lang="en">{html.escape(terms.en)}</div>')
     gr.Markdown(
-        f"出典 / Source: [llm-jp/llm-jp-3-172b-beta1-instruct](https://huggingface.co/llm-jp/llm-jp-3-172b-beta1-instruct)"
+        "出典 / Source: [llm-jp/llm-jp-3-172b-beta1-instruct](https://huggingface.co/llm-jp/llm-jp-3-172b-beta1-instruct)"
         f" — 規約 ID / terms id `{terms.id}`, SHA-256 `{terms.sha256}`"
     )
     with gr.Group():
@@ -73,16 +102,17 @@ def _render_terms(terms: Terms) -> _TermsForm:
         affiliation = gr.Textbox(label="所属 / Affiliation", max_lines=1)
         purpose = gr.Textbox(label="利用目的 / Intended use", lines=2)
         agree = gr.Checkbox(label="上記の利用規約に同意します / I agree to the terms of use above")
-    accept = gr.Button("同意する / Accept", variant="primary")
+    with gr.Row():
+        accept = gr.Button("同意する / Accept", variant="primary")
+        withdraw = gr.Button("同意を撤回する / Withdraw consent", variant="secondary", visible=False)
     status = gr.Markdown("同意するとチャットタブが使えるようになります。 / Accepting unlocks the Chat tab.")
-    return _TermsForm([name, email, affiliation, purpose, agree], accept, status)
+    return _TermsForm([name, email, affiliation, purpose, agree], accept, withdraw, status)
 
 
 def _slider(name: str, label: str, value: float, step: float) -> gr.Slider:
     lo, hi = bounds(name)
-    return gr.Slider(
-        minimum=lo, maximum=hi, value=value, step=step, label=label, info=SamplingOptions.model_fields[name].description
-    )
+    info = SamplingOptions.model_fields[name].description
+    return gr.Slider(minimum=lo, maximum=hi, value=value, step=step, label=label, info=info)
 
 
 def _render_chat(registry: Registry) -> _Chat:
@@ -103,6 +133,7 @@ def _render_chat(registry: Registry) -> _Chat:
                 label="モデル / Model",
             )
             licence = gr.Markdown(licence_markdown(default))
+            acknowledge = gr.Button(ACKNOWLEDGE, visible=False, size="sm")
             with gr.Accordion("サンプリング / Sampling", open=True):
                 sliders = [
                     _slider("temperature", "temperature (0 = greedy)", s.temperature, 0.05),
@@ -111,54 +142,112 @@ def _render_chat(registry: Registry) -> _Chat:
                     _slider("repetition_penalty", "repetition_penalty", s.repetition_penalty, 0.01),
                     _slider("max_new_tokens", "max_new_tokens", s.max_new_tokens, 1),
                 ]
-    return _Chat(model, licence, sliders, chatbot, message, send, stop, clear)
+    return _Chat(model, licence, acknowledge, sliders, chatbot, message, send, stop, clear)
 
 
-def build(*, handlers: Handlers, terms: Terms, registry: Registry) -> gr.Blocks:
+def _render_admin() -> _AdminView:
+    gr.Markdown("## 監査ログ / Audit log")
+    refresh = gr.Button("更新 / Refresh", size="sm")
+    plot = gr.BarPlot(x="day", y="acceptances", title="同意数(日別、UTC) / Acceptances per day (UTC)")
+    events = gr.Dataframe(headers=EVENT_COLUMNS, datatype="str", label="最新のイベント / Latest events", wrap=True)
+    download = gr.File(label="アクセスレポート (CSV) / Access report (CSV)")
+    return _AdminView(gr.Textbox(render=False), gr.Button(render=False), plot, events, download, refresh)
+
+
+def build(*, handlers: Handlers, admin: Admin, terms: Terms, registry: Registry, oauth: bool, secret: str) -> gr.Blocks:
     """The whole app: layout, then every event in one place."""
-    fns = wrap(handlers)
     with gr.Blocks(title=TITLE) as demo:
-        gr.Markdown(f"# {TITLE}")
+        # The receipt lives in the browser (encrypted with the server secret);
+        # the admin token, once checked, only in server-side session state.
+        receipt = gr.BrowserState(None, storage_key="llmjp-demo-receipt", secret=secret)
+        admin_token = gr.State("")
+        with gr.Row():
+            gr.Markdown(f"# {TITLE}")
+            if oauth:
+                gr.LoginButton("Hugging Face でサインイン / Sign in with Hugging Face", size="sm", scale=0)
         with gr.Tabs(selected="terms") as tabs:
             with gr.Tab("利用規約 / Terms", id="terms"):
                 form = _render_terms(terms)
+                with gr.Accordion("管理者 / Administrators", open=False):
+                    token_box = gr.Textbox(label="管理者トークン / Admin token", type="password", max_lines=1)
+                    sign_in = gr.Button("管理者として開く / Open the Admin tab", size="sm")
             with gr.Tab(CHAT_LOCKED, id="chat", interactive=False) as chat_tab:
                 chat = _render_chat(registry)
-
-        # Terms: the page's button and the public /accept_terms share one handler.
-        form.accept.click(
-            fns["accept_terms"], form.fields, form.status, api_name="page_accept", api_visibility="private"
-        ).success(
-            lambda: (gr.Tabs(selected="chat"), gr.Tab(interactive=True, label=CHAT_OPEN)),
-            None,
-            [tabs, chat_tab],
-            api_name="page_unlock",
-            api_visibility="private",
-            queue=False,
-        )
-        gr.api(fns["accept_terms"], api_name="accept_terms")
-
-        # Chat: the page streams into the chatbot; /chat streams text. Both
-        # go through the same server-side gate before any token is made.
-        inputs = [chat.message, chat.chatbot, chat.model, *chat.sliders]
-        reply = gr.on(
-            [chat.send.click, chat.message.submit],
-            fns["chat_ui"],
-            inputs,
-            [chat.chatbot, chat.message],
-            api_name="page_chat",
-            api_visibility="private",
-            concurrency_id="generate",
-        )
-        chat.stop.click(None, None, None, cancels=[reply], api_name="page_stop", api_visibility="private")
-        chat.clear.click(lambda: [], None, chat.chatbot, api_name="page_clear", api_visibility="private", queue=False)
-        chat.model.change(
-            fns["card_defaults"],
-            chat.model,
-            [*chat.sliders, chat.licence],
-            api_name="page_model",
-            api_visibility="private",
-            queue=False,
-        )
-        gr.api(fns["chat_api"], api_name="chat", concurrency_id="generate")
+            with gr.Tab("管理 / Admin", id="admin", visible=False) as admin_tab:
+                view = _render_admin()
+        view.token_box, view.sign_in = token_box, sign_in
+        _wire(demo, _Page(receipt, admin_token, tabs, chat_tab, admin_tab, form, chat, view), handlers, admin)
     return demo
+
+
+def _wire(demo: gr.Blocks, page: _Page, handlers: Handlers, admin: Admin) -> None:
+    """Every event of the page and the public API, in one place."""
+    private = {"api_visibility": "private"}
+    form, chat, view, receipt = page.form, page.chat, page.admin, page.receipt
+    tabs, chat_tab, admin_tab, admin_token = page.tabs, page.chat_tab, page.admin_tab, page.admin_token
+
+    def page_state(
+        model_id: str, receipt_value: str | None, request: gr.Request, profile: gr.OAuthProfile | None
+    ) -> dict[Any, Any]:
+        """Lock or unlock the chat, and show what this caller may do, from the server's record."""
+        caller = handlers.caller(request, profile, receipt_value)
+        accepted = handlers.gate.has_consent(caller)
+        return {
+            tabs: gr.Tabs(selected="chat" if accepted else "terms"),
+            chat_tab: gr.Tab(interactive=accepted, label=CHAT_OPEN if accepted else CHAT_LOCKED),
+            form.withdraw: gr.Button(visible=accepted),
+            chat.acknowledge: gr.Button(
+                visible=accepted and handlers.needs_acknowledgement(model_id, receipt_value, request, profile)
+            ),
+            admin_tab: gr.Tab(visible=admin.is_admin(profile, None)),
+        }
+
+    state_outputs = [tabs, chat_tab, form.withdraw, chat.acknowledge, admin_tab]
+    state_inputs = [chat.model, receipt]
+    demo.load(user_errors(page_state), state_inputs, state_outputs, api_name="page_load", **private)
+
+    # Terms: the page's button and the public /accept_terms share one handler.
+    form.accept.click(
+        user_errors(handlers.accept_terms),
+        [*form.fields, receipt],
+        [form.status, receipt],
+        api_name="page_accept",
+        **private,
+    ).success(user_errors(page_state), state_inputs, state_outputs, api_name="page_unlock", **private)
+    form.withdraw.click(
+        user_errors(handlers.withdraw_consent), receipt, form.status, api_name="page_withdraw", **private
+    ).success(user_errors(page_state), state_inputs, state_outputs, api_name="page_lock", **private)
+    gr.api(user_errors(handlers.accept_terms), api_name="accept_terms")
+    gr.api(user_errors(handlers.withdraw_consent), api_name="withdraw_consent")
+    gr.api(user_errors(handlers.acknowledge_licence), api_name="acknowledge_licence")
+
+    # Chat: the page streams into the chatbot; /chat streams text. Both go
+    # through the same gate before any token is made, in one concurrency group.
+    reply = gr.on(
+        [chat.send.click, chat.message.submit],
+        user_errors(handlers.chat_ui),
+        [chat.message, chat.chatbot, chat.model, *chat.sliders, receipt],
+        [chat.chatbot, chat.message],
+        api_name="page_chat",
+        concurrency_id="generate",
+        **private,
+    )
+    chat.stop.click(None, None, None, cancels=[reply], api_name="page_stop", **private)
+    chat.clear.click(lambda: [], None, chat.chatbot, api_name="page_clear", queue=False, **private)
+    chat.model.change(
+        user_errors(handlers.card_defaults), chat.model, [*chat.sliders, chat.licence], api_name="page_model", **private
+    ).then(user_errors(page_state), state_inputs, state_outputs, api_name="page_model_state", **private)
+    chat.acknowledge.click(
+        user_errors(handlers.acknowledge_licence), [chat.model, receipt], form.status, api_name="page_ack", **private
+    ).success(lambda: gr.Button(visible=False), None, chat.acknowledge, api_name="page_ack_done", **private)
+    gr.api(user_errors(handlers.chat_api), api_name="chat", concurrency_id="generate")
+
+    # Admin: every handler checks the caller on the server.
+    dashboard = [view.plot, view.events, view.download]
+    view.sign_in.click(
+        user_errors(admin.sign_in), view.token_box, [admin_token, admin_tab], api_name="page_admin_sign_in", **private
+    ).success(user_errors(admin.dashboard), admin_token, dashboard, api_name="page_admin_open", **private)
+    view.refresh.click(user_errors(admin.dashboard), admin_token, dashboard, api_name="page_admin_refresh", **private)
+    admin_tab.select(user_errors(admin.dashboard), admin_token, dashboard, api_name="page_admin_select", **private)
+    gr.api(user_errors(admin.admin_events), api_name="admin_events")
+    gr.api(user_errors(admin.admin_export), api_name="admin_export")
