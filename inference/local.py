@@ -74,9 +74,14 @@ class _DeltaStreamer(BaseStreamer):
 class TransformersBackend:
     """Loads checkpoints lazily and generates with ``model.generate``."""
 
-    def __init__(self, *, models_dir: Path, hf_token: str | None = None, max_loaded: int = 1) -> None:
+    def __init__(
+        self, *, models_dir: Path, hf_token: str | None = None, max_loaded: int = 1, offline: bool = False
+    ) -> None:
         self.models_dir = models_dir
         self._token = hf_token
+        # Offline, only the local cache is looked at: failing at once beats
+        # the hub client's retries against a network that is not there.
+        self._offline = offline
         self._max_loaded = max_loaded
         self._loaded: OrderedDict[str, Loaded] = OrderedDict()
         self._lock = threading.Lock()
@@ -114,13 +119,14 @@ class TransformersBackend:
         dtype = getattr(torch, spec.dtype) if gpu else torch.float32
         log.info("loading %s from %s (%s, %s)", spec.id, source, dtype, attention_implementation())
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source, token=self._token)
+            hub_options = {"token": self._token, "local_files_only": self._offline}
+            tokenizer = AutoTokenizer.from_pretrained(source, **hub_options)
             model = AutoModelForCausalLM.from_pretrained(
                 source,
                 dtype=dtype,
                 device_map="auto",
                 attn_implementation=attention_implementation(),
-                token=self._token,
+                **hub_options,
             )
         except torch.OutOfMemoryError:
             self._free()

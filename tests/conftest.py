@@ -99,24 +99,43 @@ class RunningApp:
         return Client(self.url, verbose=False)
 
 
-@pytest.fixture(scope="module")
-def running_app(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[RunningApp]:
-    """The real app, launched in-process on a free port with a real SQLite file."""
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+def launch(settings: object, models_dir: Path, **kwargs: object) -> RunningApp:
+    """Build and launch the real app for ``settings`` on a free port."""
     from inference.local import TransformersBackend
     from webapp.factory import create_app
-    from webapp.settings import Settings
     from webapp.ui import launch_options
 
-    data = tmp_path_factory.mktemp("appdata")
-    settings = Settings(data_dir=data, models="tiny", hub_offline=True)
-    backend = CountingBackend(TransformersBackend(models_dir=models_dir, max_loaded=4))
-    demo = create_app(settings, backend=backend)
+    backend = CountingBackend(TransformersBackend(models_dir=models_dir, max_loaded=4, offline=True))
+    demo = create_app(settings, backend=backend, **kwargs)  # type: ignore[arg-type]
     demo.queue(default_concurrency_limit=4)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **launch_options())
+    return RunningApp(url, settings, backend, demo)
+
+
+@pytest.fixture(scope="module")
+def running_app(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[RunningApp]:
+    """The real app, launched in-process on a free port with a real SQLite file.
+
+    It lists the real checkpoints too (they cannot load offline) so that their
+    licences can be tested; the tiny models are what generates.
+    """
+    from webapp.settings import Settings
+
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("appdata"),
+        models="all",
+        default_model="tiny-llama",
+        hub_offline=True,
+        admin_token=ADMIN_TOKEN,
+    )
+    app = launch(settings, models_dir)
     try:
-        yield RunningApp(url, settings, backend, demo)
+        yield app
     finally:
-        demo.close()
+        app.demo.close()
 
 
 # -- databases ---------------------------------------------------------------------

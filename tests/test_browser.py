@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ARTIFACTS, RunningApp
+from tests.conftest import ADMIN_TOKEN, ARTIFACTS, RunningApp
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Flags for a sandboxed, offline machine: no background fetches that would be refused.
@@ -95,3 +95,37 @@ def test_locked_accept_and_stream(running_app: RunningApp, page) -> None:
     page.get_by_role("button", name="同意を撤回する / Withdraw consent").click()
     expect(page.get_by_role("tab", name="Chat")).to_be_disabled(timeout=15_000)
     expect(page.get_by_text("同意を撤回しました").first).to_be_visible()
+
+
+def test_admin_tab_shows_contact_fields_as_text(running_app: RunningApp, page) -> None:
+    from playwright.sync_api import expect
+
+    hostile = "<img src=x onerror=alert(1)>"
+    running_app.client().predict(
+        name=hostile, email="x@example.jp", affiliation="<b>bold</b>", purpose="p", agree=True, api_name="/accept_terms"
+    )
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(running_app.url, wait_until="load")
+    admin_tab = page.get_by_role("tab", name="管理 / Admin")
+    expect(admin_tab).to_have_count(0)  # hidden from everyone who is not an administrator
+
+    page.get_by_text("管理者 / Administrators").click()
+    page.get_by_label("管理者トークン / Admin token").fill("wrong")
+    page.get_by_role("button", name="管理者として開く / Open the Admin tab").click()
+    expect(page.get_by_text("Only administrators").first).to_be_visible()
+    expect(admin_tab).to_have_count(0)
+
+    page.get_by_label("管理者トークン / Admin token").fill(ADMIN_TOKEN)
+    page.get_by_role("button", name="管理者として開く / Open the Admin tab").click()
+    admin_tab.click()
+    table = page.get_by_label("最新のイベント / Latest events")
+    # (The table keeps hidden copies of its cells for measuring; look at the shown ones.)
+    expect(table.get_by_text(hostile).filter(visible=True).first).to_be_visible(timeout=15_000)
+    expect(table.get_by_text("<b>bold</b>").filter(visible=True).first).to_be_visible()
+    assert table.locator("img").count() == 0 and table.locator("b").count() == 0
+    page.wait_for_timeout(500)
+    for close in page.get_by_role("button", name="Close").all():
+        close.click()
+    page.screenshot(path=str(ARTIFACTS / "browser-3-admin.png"), full_page=True)
+    assert dialogs == []

@@ -26,7 +26,7 @@ def catalog(settings: Settings) -> Registry:
     """The models to offer: real checkpoints when the hub can serve them, else tiny ones."""
     mode = settings.models
     if mode == "auto":
-        offline = settings.hub_offline or hub.offline_by_env() or not hub.reachable()
+        offline = settings.offline or not hub.reachable()
         mode = "tiny" if offline else "real"
         log.info("hub %s: offering %s models", "unreachable or offline" if offline else "reachable", mode)
     specs = {"real": CHECKPOINTS, "tiny": TINY_MODELS, "all": CHECKPOINTS + TINY_MODELS}[mode]
@@ -43,7 +43,10 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
     upgrade(engine)
     registry = catalog(settings)
     backend = backend or TransformersBackend(
-        models_dir=settings.models_dir, hf_token=settings.token, max_loaded=settings.max_loaded_models
+        models_dir=settings.models_dir,
+        hf_token=settings.token,
+        max_loaded=settings.max_loaded_models,
+        offline=settings.offline,
     )
     secret = settings.server_secret()
     sessions = session_factory(engine)

@@ -10,6 +10,8 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from inference import hub
+
 # Hugging Face Spaces mounts persistent storage here when it is enabled.
 SPACES_PERSISTENT_DIR = Path("/data")
 
@@ -61,6 +63,11 @@ class Settings(BaseSettings):
     def database_url_redacted(self) -> str:
         """The database URL with any password hidden, for logs."""
         return make_url(self.resolved_database_url).render_as_string(hide_password=True)
+
+    @property
+    def offline(self) -> bool:
+        """Whether the hub must not be contacted at all."""
+        return self.hub_offline or hub.offline_by_env()
 
     @property
     def models_dir(self) -> Path:

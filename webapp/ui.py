@@ -148,7 +148,9 @@ def _render_chat(registry: Registry) -> _Chat:
 def _render_admin() -> _AdminView:
     gr.Markdown("## 監査ログ / Audit log")
     refresh = gr.Button("更新 / Refresh", size="sm")
-    plot = gr.BarPlot(x="day", y="acceptances", title="同意数(日別、UTC) / Acceptances per day (UTC)")
+    plot = gr.BarPlot(
+        x="day", y="acceptances", y_lim=[0, None], sort="x", title="同意数(日別、UTC) / Acceptances per day (UTC)"
+    )
     events = gr.Dataframe(headers=EVENT_COLUMNS, datatype="str", label="最新のイベント / Latest events", wrap=True)
     download = gr.File(label="アクセスレポート (CSV) / Access report (CSV)")
     return _AdminView(gr.Textbox(render=False), gr.Button(render=False), plot, events, download, refresh)
