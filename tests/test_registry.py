@@ -188,3 +188,11 @@ def test_choosing_a_model_resets_controls_to_its_card(model_id: str, tmp_path) -
     s = spec.sampling
     assert values == [s.temperature, s.top_p, s.top_k, s.repetition_penalty, s.max_new_tokens]
     assert spec.license.name in licence
+
+
+def test_local_paths_replace_hub_repos(tmp_path) -> None:
+    registry = catalog(Settings(models="all", model_paths={"llm-jp-3.1-13b-instruct4": str(tmp_path)}))
+    assert registry.get("llm-jp-3.1-13b-instruct4").source == str(tmp_path)
+    assert registry.get("llm-jp-3.1-1.8b-instruct4").source == "llm-jp/llm-jp-3.1-1.8b-instruct4"
+    with pytest.raises(ValueError, match="not offered"):
+        catalog(Settings(models="tiny", model_paths={"gpt-4": str(tmp_path)}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 
@@ -30,6 +31,14 @@ def catalog(settings: Settings) -> Registry:
         mode = "tiny" if offline else "real"
         log.info("hub %s: offering %s models", "unreachable or offline" if offline else "reachable", mode)
     specs = {"real": CHECKPOINTS, "tiny": TINY_MODELS, "all": CHECKPOINTS + TINY_MODELS}[mode]
+    unknown = set(settings.model_paths) - {s.id for s in specs}
+    if unknown:
+        raise ValueError(f"LLMJP_MODEL_PATHS names models that are not offered: {sorted(unknown)}")
+    # A local copy is loaded from its directory, exactly like a hub snapshot.
+    specs = tuple(
+        dataclasses.replace(s, source=settings.model_paths[s.id], tiny=False) if s.id in settings.model_paths else s
+        for s in specs
+    )
     return Registry.of(specs, default=settings.default_model)
 
 

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
         "auto",
         description="'auto' (real checkpoints when the hub is reachable, else tiny ones), 'real', 'tiny' or 'all'.",
     )
+    model_paths: dict[str, str] = Field(
+        default_factory=dict,
+        description='Local directories for registry ids, as JSON: {"llm-jp-3.1-1.8b-instruct4": "/models/1.8b"}.',
+    )
     max_message_chars: int = Field(4000, ge=1, description="Longest accepted chat message, in characters.")
     max_loaded_models: int = Field(1, ge=1, description="Models kept in memory at once.")
     hf_token: SecretStr | None = Field(None, validation_alias=AliasChoices("HF_TOKEN", "LLMJP_HF_TOKEN"))
