@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
 from inference import hub, prompts, tiny
@@ -41,25 +41,27 @@ def attention_implementation() -> str:
     return "sdpa"
 
 
-class _StopOnEvent(StoppingCriteria):
-    """Ends generation at the next token step once the request is cancelled."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+class _Stopped(Exception):
+    """Raised inside ``generate`` to end it once the request is cancelled."""
 
 
 class _DeltaStreamer(BaseStreamer):
-    """Feeds generated ids (not the prompt) to an ``IncrementalDecoder``."""
+    """Feeds generated ids (not the prompt) to an ``IncrementalDecoder``, and stops on request.
 
-    def __init__(self, tokenizer: Any, emit: Callable[[str], None]) -> None:
+    ``generate`` calls ``put`` once per token step, so checking the stop event
+    here ends generation within one step. It costs less than a stopping
+    criterion, which adds a tensor and a device sync to every step.
+    """
+
+    def __init__(self, tokenizer: Any, emit: Callable[[str], None], stop: threading.Event) -> None:
         self.decoder = IncrementalDecoder(tokenizer)
         self.emit = emit
+        self.stop = stop
         self.prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:
+        if self.stop.is_set():
+            raise _Stopped
         if not self.prompt_seen:  # generate() first passes the prompt itself
             self.prompt_seen = True
             return
@@ -167,12 +169,13 @@ class TransformersBackend:
                 loaded.model.generate(
                     input_ids.to(loaded.model.device),
                     attention_mask=torch.ones_like(input_ids).to(loaded.model.device),
-                    streamer=_DeltaStreamer(tok, emit),
-                    stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+                    streamer=_DeltaStreamer(tok, emit, stop),
                     pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
                     eos_token_id=tok.eos_token_id,
                     **kwargs,
                 )
+        except _Stopped:
+            return
         except torch.OutOfMemoryError:
             self._free()
             raise OutOfMemory() from None

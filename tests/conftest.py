@@ -63,18 +63,24 @@ class CountingBackend:
         self.inner = inner
         self.calls = 0
         self.chunks = 0
+        self.active = 0
         self._lock = threading.Lock()
 
     def generate(self, spec, messages: Sequence, options, emit: Callable[[str], None], stop) -> None:
         with self._lock:
             self.calls += 1
+            self.active += 1
 
         def counted(text: str) -> None:
             with self._lock:
                 self.chunks += 1
             emit(text)
 
-        self.inner.generate(spec, messages, options, counted, stop)  # type: ignore[attr-defined]
+        try:
+            self.inner.generate(spec, messages, options, counted, stop)  # type: ignore[attr-defined]
+        finally:
+            with self._lock:
+                self.active -= 1
 
 
 def free_port() -> int:

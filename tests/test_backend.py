@@ -68,19 +68,43 @@ def test_models_load_lazily(models_dir: Path) -> None:
     assert not any(fresh.is_loaded(s.id) for s in TINY_MODELS)
 
 
-def test_closing_the_stream_stops_the_worker(backend: TransformersBackend) -> None:
-    inference = Inference(Registry.of(TINY_MODELS), backend)
+def test_closing_the_stream_stops_generation(models_dir: Path) -> None:
+    from tests.conftest import CountingBackend
 
-    async def first_then_close() -> int:
-        stream = inference.stream("tiny-gptneox", [], "こんにちは", SamplingOptions(temperature=0, max_new_tokens=2000))
+    counting = CountingBackend(TransformersBackend(models_dir=models_dir))
+    inference = Inference(Registry.of(TINY_MODELS), counting)
+
+    async def first_then_close() -> None:
+        options = SamplingOptions(temperature=0, max_new_tokens=2000)
+        stream = inference.stream("tiny-gptneox", [], "こんにちは", options)
         async for _ in stream:
             break
         await stream.aclose()
         for _ in range(100):
-            if not any(t.name.startswith("generate-") for t in threading.enumerate()):
+            if not counting.active:
                 break
             await asyncio.sleep(0.02)
-        return 0
 
     asyncio.run(first_then_close())
-    assert not any(t.name.startswith("generate-") for t in threading.enumerate())
+    assert counting.active == 0
+    assert counting.chunks < 500  # about 2,000 uncancelled
+
+
+def test_all_generation_runs_on_one_thread(models_dir: Path) -> None:
+    """PyTorch is fastest on the thread that first used it; every request reuses that thread."""
+    seen: set[int] = set()
+
+    class Recording(TransformersBackend):
+        def generate(self, *args, **kwargs):
+            seen.add(threading.get_ident())
+            return super().generate(*args, **kwargs)
+
+    inference = Inference(Registry.of(TINY_MODELS), Recording(models_dir=models_dir))
+
+    async def three() -> None:
+        for _ in range(3):
+            async for _ in inference.stream("tiny-llama", [], "こんにちは", SamplingOptions(max_new_tokens=4)):
+                pass
+
+    asyncio.run(three())
+    assert len(seen) == 1 and threading.get_ident() not in seen

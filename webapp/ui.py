@@ -219,7 +219,9 @@ def _wire(demo: gr.Blocks, page: _Page, handlers: Handlers, admin: Admin) -> Non
     form.withdraw.click(
         user_errors(handlers.withdraw_consent), receipt, form.status, api_name="page_withdraw", **private
     ).success(user_errors(page_state), state_inputs, state_outputs, api_name="page_lock", **private)
-    gr.api(user_errors(handlers.accept_terms), api_name="accept_terms")
+    # Recording is a short database write: let several run at once (appends
+    # still serialise on the log's head row) rather than one at a time.
+    gr.api(user_errors(handlers.accept_terms), api_name="accept_terms", concurrency_limit=8)
     gr.api(user_errors(handlers.withdraw_consent), api_name="withdraw_consent")
     gr.api(user_errors(handlers.acknowledge_licence), api_name="acknowledge_licence")
 

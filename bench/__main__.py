@@ -1,0 +1,200 @@
+"""``python -m bench``: measure the whole path against baselines; print the table, write BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import gradio
+import torch
+import transformers
+from gradio_client import Client
+
+from bench import gate, models, server, streaming
+from bench.stats import Row, Sample, table
+
+ROOT = Path(__file__).resolve().parents[1]
+NOT_MEASURED = "not measured: no GPU was available to this run"
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor(),
+    )
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024**2
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (
+        f"{cpu}, {len(__import__('os').sched_getaffinity(0))} cores, {mem:.0f} GiB; GPU: {gpu}. "
+        f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"gradio {gradio.__version__}."
+    )
+
+
+STREAMING = (  # model id, label, tokens, target
+    ("tiny-llama", "99k-vocab Llama", 256, 0.95),
+    ("tiny-mixtral", "2.2k-vocab Mixtral MoE", 1024, 0.90),
+)
+
+
+def _ms(sample: Sample) -> Sample:
+    return Sample(tuple(v * 1000 for v in sample.values))
+
+
+def streaming_rows(url: str, paths: dict[str, Path], runs: int) -> list[Row]:
+    client = Client(url, verbose=False)
+    _, receipt = client.predict(**gate.API_FORM, api_name="/accept_terms")
+    floor = _ms(streaming.trivial_first_update(runs))
+    rows = []
+    for model_id, label, max_new, target in STREAMING:
+        pairs = streaming.compare(client, url, receipt, model_id, paths[model_id], max_new, runs)
+        ratio = pairs.ratio.median
+        rows.append(
+            Row(
+                f"1. streaming, {label}, {pairs.tokens} tokens: tok/s a gradio_client consumer receives",
+                f"{pairs.served_tok_s.show()} in {pairs.updates.median:.0f} updates",
+                f"generate(): {pairs.plain_tok_s.show()}",
+                pairs.ratio.show("{:.3f}"),
+                f"≥ {target:.2f}",
+                ratio >= target,
+            )
+        )
+        rows.append(
+            Row(
+                f"1b. streaming, {label}: the same over Gradio's HTTP stream (curl, JavaScript clients)",
+                f"{pairs.http_tok_s.show()}",
+                f"generate(): {pairs.plain_tok_s.show()}",
+                pairs.http_ratio.show("{:.3f}"),
+                f"≥ {target:.2f}",
+                pairs.http_ratio.median >= target,
+            )
+        )
+        prefill = _ms(pairs.prefill_s)
+        http = _ms(streaming.http_first_update(url, model_id, receipt, max_new, runs))
+        overhead = http.median - prefill.median
+        rows.append(
+            Row(
+                f"2. time to first token, {label}, over HTTP (ms)",
+                http.show(),
+                f"prefill in generate(): {prefill.show()}",
+                f"+{overhead:.1f} ms",
+                "≤ +50 ms",
+                overhead <= 50,
+            )
+        )
+        client_first = _ms(pairs.first_update_s)
+        rows.append(
+            Row(
+                f"2b. time to first token, {label}, through gradio_client (ms)",
+                client_first.show(),
+                f"trivial endpoint through gradio_client: {floor.show()}",
+                f"+{client_first.median - prefill.median:.1f} ms over prefill, of which the client's floor is {floor.median:.0f}",
+                "(reported)",
+                True,
+            )
+        )
+    return rows
+
+
+def gate_rows(url: str, data_dir: Path) -> list[Row]:
+    m = gate.micro(data_dir)
+    rate, expected, stored, intact = gate.concurrent_http(url, data_dir / "llmjp-demo.sqlite3")
+    return [
+        Row("3a. gate check per request, p50 / p99 (ms)", "{:.3f} / {:.3f}".format(*m["check"]),
+            "SELECT 1: {:.3f} / {:.3f}".format(*m["check_baseline"]), f"p99 {m['check'][1]:.3f} ms", "p99 ≤ 2 ms",
+            m["check"][1] <= 2),
+        Row("3b. recording an acceptance, p50 / p99 (ms)", "{:.2f} / {:.2f}".format(*m["record"]),
+            "plain INSERT: {:.2f} / {:.2f}".format(*m["record_baseline"]), f"p99 {m['record'][1]:.2f} ms",
+            "p99 ≤ 20 ms", m["record"][1] <= 20),
+        Row("3c. 32 clients accepting at once over HTTP", f"{rate:.0f} events/s", f"{expected} sent",
+            f"{stored} stored, chain {'intact' if intact else 'BROKEN'}", "zero lost", stored == expected and intact),
+    ]  # fmt: skip
+
+
+def startup_rows(data_dir: Path, runs: int) -> list[Row]:
+    ours, plain, ours_mem, plain_mem = [], [], [], []
+    for n in range(runs):
+        s = server.app(data_dir / f"cold{n}")
+        ours.append(s.ready_s)
+        ours_mem.append(server.rss_mib(s.process.pid))
+        s.stop()
+        p = server.plain_gradio()
+        plain.append(p.ready_s)
+        plain_mem.append(server.rss_mib(p.process.pid))
+        p.stop()
+    t, m = Sample(tuple(ours)), Sample(tuple(ours_mem))
+    return [
+        Row("4a. cold start: process start to HTTP 200 (s)", t.show("{:.2f}"),
+            f"hello-world Gradio: {Sample(tuple(plain)).show('{:.2f}')}", f"{t.median:.2f} s", "≤ 6 s", t.median <= 6),
+        Row("4b. idle memory, no model loaded (MiB RSS)", m.show("{:.0f}"),
+            f"hello-world Gradio: {Sample(tuple(plain_mem)).show('{:.0f}')}", f"{m.median:.0f} MiB", "(reported)", True),
+    ]  # fmt: skip
+
+
+def gpu_rows() -> list[Row]:
+    if torch.cuda.is_available():
+        return [Row("5. GPU rows", "run bench/gpu.py on the GPU machine", "", "", "", None)]
+    return [
+        Row("5a. 1.8b shape, bf16: backend vs generate() vs bandwidth floor", NOT_MEASURED, "", "", "≥ 50% of floor", None),
+        Row("5b. 13b shape, bf16: backend vs generate() vs bandwidth floor", NOT_MEASURED, "", "", "(reported)", None),
+        Row("5c. 8x13b MoE shape, 8 of 40 layers: activated-parameter cost", NOT_MEASURED, "", "", "(reported)", None),
+        Row("5d. 8 concurrent users, aggregate tok/s", NOT_MEASURED, "", "", "(reported)", None),
+    ]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--runs", type=int, default=5, help="repetitions per measurement (median and spread)")
+    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="llmjp-bench-") as tmp:
+        data_dir = Path(tmp)
+        paths = {
+            "tiny-llama": models.real_vocab_llama(data_dir / "llama-99k"),
+            "tiny-mixtral": models.small_vocab_mixtral(data_dir / "mixtral-2k"),
+        }
+        app = server.app(data_dir, {model_id: str(path) for model_id, path in paths.items()})
+        try:
+            rows = streaming_rows(app.url, paths, args.runs)
+            rows += gate_rows(app.url, data_dir)
+        finally:
+            app.stop()
+        rows += startup_rows(data_dir, min(args.runs, 3))
+        rows += gpu_rows()
+
+    result = table(rows)
+    print(result)
+    write(args.output, result)
+    failed = [r.metric for r in rows if r.met is False]
+    print(f"\n{len(rows) - len(failed)} of {len(rows)} rows met or reported; not met: {failed or 'none'}")
+    return 0
+
+
+def write(path: Path, result: str) -> None:
+    """Replace the results section of BENCHMARKS.md, keeping the notes below it."""
+    header = (
+        "# Benchmarks\n\n"
+        "Produced by `./dev bench` (`python -m bench`). Every row compares the project with a baseline measured\n"
+        "in the same run on the same model and prompt; figures are medians over several runs, with the spread\n"
+        "(min–max) in brackets.\n\n"
+        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n"
+        f"- Machine: {machine()}\n\n"
+    )
+    notes = ""
+    if path.exists() and "\n## Notes" in path.read_text(encoding="utf-8"):
+        notes = path.read_text(encoding="utf-8").split("\n## Notes", 1)[1]
+        notes = "\n## Notes" + notes
+    path.write_text(header + "## Results\n\n" + result + "\n" + notes, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
