@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
-from inference import hub, prompts, tiny
+from inference import hub, memory, prompts, tiny
 from inference.errors import AppError, GenerationFailed, InvalidInput, OutOfMemory
 from inference.prompts import Message
 from inference.registry import Architecture, ModelSpec
@@ -86,20 +86,51 @@ class TransformersBackend:
         self._offline = offline
         self._max_loaded = max_loaded
         self._loaded: OrderedDict[str, Loaded] = OrderedDict()
+        self._needs: dict[str, memory.Need] = {}
         self._lock = threading.Lock()
 
     def is_loaded(self, model_id: str) -> bool:
         """Whether ``model_id`` is in memory now."""
         return model_id in self._loaded
 
+    def _source(self, spec: ModelSpec) -> str | Path:
+        return tiny.ensure(Architecture(spec.source), self.models_dir) if spec.tiny else spec.source
+
+    def _dtype(self, spec: ModelSpec) -> torch.dtype:
+        # Half precision is for GPUs; on a CPU bf16/fp16 matmuls are slow or
+        # missing, so weights are widened to fp32 there.
+        return getattr(torch, spec.dtype) if torch.cuda.is_available() else torch.float32
+
+    def need(self, spec: ModelSpec) -> memory.Need:
+        """Memory ``spec`` needs here, from its config alone (a few kB from the hub)."""
+        if spec.id not in self._needs:
+            try:
+                config = AutoConfig.from_pretrained(
+                    self._source(spec), token=self._token, local_files_only=self._offline
+                )
+            except (OSError, ValueError) as exc:
+                raise hub.explain(spec, exc) from exc
+            self._needs[spec.id] = memory.need(config, self._dtype(spec), spec.context)
+        return self._needs[spec.id]
+
     def load(self, spec: ModelSpec) -> Loaded:
-        """The loaded model for ``spec``, loading it (and evicting others) if needed."""
+        """The loaded model for ``spec``, loading it (and evicting others) if needed.
+
+        Models are kept least-recently-used first, bounded by count and by
+        memory: before loading, others are unloaded until the new one fits, and
+        a model that cannot fit at all is refused before anything is read.
+        """
         with self._lock:
             if spec.id in self._loaded:
                 self._loaded.move_to_end(spec.id)
                 return self._loaded[spec.id]
             while len(self._loaded) >= self._max_loaded:
                 self._evict()
+            required = self.need(spec)
+            while self._loaded and required.total > memory.free_bytes():
+                self._evict()
+            if required.total > (free := memory.free_bytes()):
+                raise memory.refuse(spec.label, required, free)
             loaded = self._load(spec)
             self._loaded[spec.id] = loaded
             return loaded
@@ -112,13 +143,7 @@ class TransformersBackend:
             torch.cuda.empty_cache()
 
     def _load(self, spec: ModelSpec) -> Loaded:
-        source: str | Path = spec.source
-        if spec.tiny:
-            source = tiny.ensure(Architecture(spec.source), self.models_dir)
-        gpu = torch.cuda.is_available()
-        # Half precision is for GPUs; on a CPU bf16/fp16 matmuls are slow or
-        # missing, so weights are widened to fp32 there.
-        dtype = getattr(torch, spec.dtype) if gpu else torch.float32
+        source, dtype = self._source(spec), self._dtype(spec)
         log.info("loading %s from %s (%s, %s)", spec.id, source, dtype, attention_implementation())
         try:
             hub_options = {"token": self._token, "local_files_only": self._offline}

@@ -1,0 +1,79 @@
+"""What a checkpoint needs in memory, and what the machine has free.
+
+The need is computed before loading: the parameter count comes from the
+model's config (instantiated on PyTorch's meta device, so any architecture
+counts exactly and nothing is allocated), times the bytes of the dtype, plus
+the KV cache for the model's whole context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, PretrainedConfig
+
+from inference.errors import ModelUnavailable
+
+GB = 1000**3
+# Activations, the CUDA context and allocator slack come on top of weights and cache.
+HEADROOM = 1.10
+
+
+@dataclass(frozen=True)
+class Need:
+    """Bytes a model needs: weights and a full-context KV cache for one sequence."""
+
+    parameters: int
+    weights: int
+    kv_cache: int
+
+    @property
+    def total(self) -> int:
+        """With headroom for activations and allocator slack."""
+        return int((self.weights + self.kv_cache) * HEADROOM)
+
+
+def parameter_count(config: PretrainedConfig) -> int:
+    """Exact number of parameters of the model ``config`` describes, allocating nothing."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def need(config: PretrainedConfig, dtype: torch.dtype, context: int) -> Need:
+    """What loading ``config`` in ``dtype`` and generating up to ``context`` tokens takes."""
+    text = config.get_text_config()
+    parameters = parameter_count(config)
+    size = torch.empty((), dtype=dtype).element_size()
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_cache = 2 * text.num_hidden_layers * kv_heads * head_dim * context * size
+    return Need(parameters=parameters, weights=parameters * size, kv_cache=kv_cache)
+
+
+def free_bytes() -> int:
+    """Free memory where the model would go: all visible GPUs together, else available RAM."""
+    if torch.cuda.is_available():
+        return sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0  # unknown: refuse rather than crash the process later
+
+
+def refuse(model_label: str, required: Need, free: int) -> ModelUnavailable:
+    """The message for a model that does not fit: what it needs, what is free, what to do."""
+    numbers = (
+        f"{required.total / GB:.1f} GB (weights {required.weights / GB:.1f} GB, KV cache "
+        f"{required.kv_cache / GB:.1f} GB, plus headroom); {free / GB:.1f} GB free"
+    )
+    device = "GPU" if torch.cuda.is_available() else "RAM"
+    return ModelUnavailable(
+        f"{model_label} はこの{device}に載りません: 必要 {numbers}。"
+        "より小さいモデルを選ぶか、このモデルを vLLM サーバーで動かして接続してください(README)。",
+        f"{model_label} does not fit this machine's {device}: it needs {numbers}. "
+        "Choose a smaller model, or serve this one with vLLM and point the demo at it (README).",
+    )
