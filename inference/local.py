@@ -138,9 +138,7 @@ class TransformersBackend:
     def _evict(self) -> None:
         model_id, _ = self._loaded.popitem(last=False)
         log.info("unloading %s", model_id)
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        self._free()
 
     def _load(self, spec: ModelSpec) -> Loaded:
         source, dtype = self._source(spec), self._dtype(spec)

@@ -235,3 +235,19 @@ def test_cancel_stops_generation(running_app: RunningApp, accepted) -> None:
     time.sleep(0.3)
     assert running_app.backend.chunks == chunks
     assert chunks - before < 500, f"{chunks - before} chunks: generation was not stopped early"
+
+
+def test_concurrent_visitors_never_get_each_others_tokens(running_app: RunningApp, accepted) -> None:
+    """Greedy replies to different prompts, asked at once, equal the replies asked one by one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = ["富士山", "東京大学", "自然言語処理", "こんにちは"]
+    request = GOOD | {"temperature": 0, "max_new_tokens": 40}
+    alone = [accepted.predict(p, **request, api_name="/chat") for p in prompts]
+    _, receipt = accepted.predict(**FORM, api_name="/accept_terms")
+    clients = [running_app.client() for _ in prompts]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(lambda cp: cp[0].predict(cp[1], **request, receipt=receipt, api_name="/chat"),
+                                 zip(clients, prompts, strict=True)))  # fmt: skip
+    assert together == alone
+    assert len(set(alone)) == len(alone)  # the prompts really lead to different replies

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, MixtralConfig
 
-from inference import TINY_MODELS, ModelUnavailable, Registry, SamplingOptions, memory
+from inference import TINY_MODELS, ModelUnavailable, OutOfMemory, Registry, SamplingOptions, memory
 from inference.local import TransformersBackend
 
 VOCAB = 99_487  # the llm-jp-3 vocabulary in the released models
@@ -89,3 +89,24 @@ def test_unloading_really_frees_the_model(models_dir: Path) -> None:
     dense = weakref.ref(backend.load(spec("tiny-llama")).model)
     backend.load(spec("tiny-mixtral"))
     assert dense() is None  # nothing keeps the evicted model alive: its memory is released
+
+
+def test_out_of_memory_while_generating_is_told_apart_and_the_backend_recovers(models_dir: Path) -> None:
+    """The GPU's out-of-memory error is injected: no GPU exists here."""
+    backend = TransformersBackend(models_dir=models_dir)
+    model = backend.load(spec("tiny-llama")).model
+
+    def exhausted(*_: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    hook = model.model.layers[0].register_forward_hook(exhausted)
+    messages = [{"role": "user", "content": "こんにちは"}]
+    try:
+        with pytest.raises(OutOfMemory) as err:
+            backend.generate(spec("tiny-llama"), messages, SamplingOptions(), print, threading.Event())
+        assert "Out of memory" in err.value.en and "メモリが不足" in err.value.ja
+    finally:
+        hook.remove()
+    chunks: list[str] = []
+    backend.generate(spec("tiny-llama"), messages, SamplingOptions(max_new_tokens=8), chunks.append, threading.Event())
+    assert chunks  # still serving
