@@ -251,3 +251,23 @@ def test_concurrent_visitors_never_get_each_others_tokens(running_app: RunningAp
                                  zip(clients, prompts, strict=True)))  # fmt: skip
     assert together == alone
     assert len(set(alone)) == len(alone)  # the prompts really lead to different replies
+
+
+def test_a_client_going_away_stops_generation(running_app: RunningApp) -> None:
+    """Closing the HTTP stream mid-reply (a closed tab, a dropped connection) ends generation on the server."""
+    client = running_app.client()
+    _, receipt = client.predict(**FORM, api_name="/accept_terms")
+    base = running_app.url.rstrip("/") + "/gradio_api/call/chat"
+    data = ["こんにちは", "tiny-gpt2", 0.0, 0.95, 0, 1.0, 2048, None, receipt]
+    before = running_app.backend.chunks
+    with httpx.Client(timeout=30) as http:
+        event = http.post(base, json={"data": data}).json()["event_id"]
+        with http.stream("GET", f"{base}/{event}") as events:
+            for line in events.iter_lines():
+                if line.startswith("data:") and line != "data: null":
+                    break  # one update, then hang up
+    gone = time.monotonic()
+    while running_app.backend.active and time.monotonic() - gone < 5:
+        time.sleep(0.01)
+    assert not running_app.backend.active, "generation went on after the client left"
+    assert running_app.backend.chunks - before < 500  # about 2,000 had it run to the end

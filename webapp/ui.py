@@ -189,7 +189,11 @@ def _wire(demo: gr.Blocks, page: _Page, handlers: Handlers, admin: Admin) -> Non
     tabs, chat_tab, admin_tab, admin_token = page.tabs, page.chat_tab, page.admin_tab, page.admin_token
 
     def page_state(
-        model_id: str, receipt_value: str | None, request: gr.Request, profile: gr.OAuthProfile | None
+        model_id: str,
+        receipt_value: str | None,
+        token: str,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None,
     ) -> dict[Any, Any]:
         """Lock or unlock the chat, and show what this caller may do, from the server's record."""
         caller = handlers.caller(request, profile, receipt_value)
@@ -201,11 +205,11 @@ def _wire(demo: gr.Blocks, page: _Page, handlers: Handlers, admin: Admin) -> Non
             chat.acknowledge: gr.Button(
                 visible=accepted and handlers.needs_acknowledgement(model_id, receipt_value, request, profile)
             ),
-            admin_tab: gr.Tab(visible=admin.is_admin(profile, None)),
+            admin_tab: gr.Tab(visible=admin.is_admin(profile, token)),
         }
 
     state_outputs = [tabs, chat_tab, form.withdraw, chat.acknowledge, admin_tab]
-    state_inputs = [chat.model, receipt]
+    state_inputs = [chat.model, receipt, admin_token]
     demo.load(user_errors(page_state), state_inputs, state_outputs, api_name="page_load", **private)
 
     # Terms: the page's button and the public /accept_terms share one handler.
