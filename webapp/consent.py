@@ -121,21 +121,23 @@ class Gate:
             return ""
         return self.identities.receipts.issue(Receipt(caller.identity, self.terms.id, self._sha256))
 
+    # Each write transaction starts with its write (audit.append updates the
+    # head row first). Checks run in their own session before it: on SQLite a
+    # transaction that reads first cannot wait for the lock when it then writes.
+
     def withdraw(self, caller: Caller) -> None:
         """Record that ``caller`` withdraws consent; their chat locks at once."""
+        if not self.has_consent(caller):
+            raise InvalidInput("撤回できる同意がありません。", "There is no consent to withdraw.")
         with self.sessions.begin() as session:
-            if not audit.has_consent(
-                session, identity=caller.identity, terms_id=self.terms.id, terms_sha256=self._sha256
-            ):
-                raise InvalidInput("撤回できる同意がありません。", "There is no consent to withdraw.")
             audit.append(session, kind=EventKind.WITHDRAWN, identity=caller.identity, **self._meta(caller))
 
     def acknowledge(self, caller: Caller, spec: ModelSpec) -> None:
         """Record ``caller``'s acknowledgement of ``spec``'s licence, once per identity and licence."""
         self.require_consent(caller)
         licence = spec.license.name
-        with self.sessions.begin() as session:
-            if not audit.has_acknowledged(session, identity=caller.identity, licence=licence):
+        if not self.has_acknowledged(caller, spec):
+            with self.sessions.begin() as session:
                 audit.append(
                     session,
                     kind=EventKind.LICENCE_ACKNOWLEDGED,

@@ -1,0 +1,39 @@
+"""The gate under concurrent visitors who accept, withdraw and acknowledge at once, on one SQLite file."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from db.audit import verify
+from db.engine import make_engine, session_factory, upgrade
+from inference import CHECKPOINTS, Registry
+from webapp.consent import AcceptanceForm, Gate
+from webapp.identity import Caller, Identities
+from webapp.receipts import Receipts
+from webapp.terms import Terms
+
+FORM = AcceptanceForm.parse(name="n", email="n@example.jp", affiliation="a", purpose="p", agree=True)
+WEBLAB = Registry.of(CHECKPOINTS).get("weblab-10b-instruction-sft")
+
+
+def test_mixed_writers_never_see_locked(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'gate.sqlite3'}")
+    upgrade(engine)
+    secret = b"0123456789abcdef0123456789abcdef"
+    gate = Gate(session_factory(engine), Terms.load(), Identities(Receipts(secret, max_age_days=1), secret))
+
+    def visitor(n: int) -> None:
+        caller = Caller(f"anon:{n}", None, None, None)
+        for _ in range(10):
+            gate.accept(caller, FORM)
+            gate.acknowledge(caller, WEBLAB)
+            gate.withdraw(caller)
+        gate.accept(caller, FORM)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(visitor, range(16)))
+    with session_factory(engine)() as s:
+        result = verify(s)
+    assert result.ok and result.events == 16 * (10 * 2 + 1 + 1)  # accepts and withdrawals, last accept, one ack
+    assert all(gate.has_consent(Caller(f"anon:{n}", None, None, None)) for n in range(16))
