@@ -76,30 +76,20 @@ def tiny_config(arch: Architecture, tokenizer: PreTrainedTokenizerFast) -> Pretr
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
+    # Mixtral is Llama with routed experts in place of the MLP: same shape otherwise.
+    llama_shape = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": False,
+    }
     if arch is Architecture.LLAMA:
-        return LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            tie_word_embeddings=False,
-            **ids,
-        )
+        return LlamaConfig(**llama_shape, **ids)
     if arch is Architecture.MIXTRAL:
-        return MixtralConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            num_local_experts=8,
-            num_experts_per_tok=2,
-            max_position_embeddings=4096,
-            tie_word_embeddings=False,
-            **ids,
-        )
+        return MixtralConfig(num_local_experts=8, num_experts_per_tok=2, **llama_shape, **ids)
     if arch is Architecture.GPT2:
         return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=2048, **ids)
     if arch is Architecture.GPT_NEOX:
