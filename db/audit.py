@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db.models import GENESIS, AuditHead, Event, EventKind
@@ -134,22 +133,9 @@ def verify(session: Session) -> Verdict:
     return Verdict(count, prev)
 
 
-def count(session: Session) -> int:
-    """How many events the log holds."""
-    return session.scalar(select(func.count()).select_from(Event)) or 0
-
-
 def latest(session: Session, limit: int = 50) -> list[Event]:
     """The most recent events, newest first."""
     return list(session.scalars(select(Event).order_by(Event.seq.desc()).limit(limit)))
-
-
-def events_since(session: Session, since: datetime | None = None) -> Iterator[Event]:
-    """Events in order, optionally from ``since`` on."""
-    query = select(Event).order_by(Event.seq)
-    if since is not None:
-        query = query.where(Event.created_at >= since)
-    yield from session.scalars(query.execution_options(yield_per=1000))
 
 
 REPORT_COLUMNS = (

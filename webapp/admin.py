@@ -33,6 +33,8 @@ class Admin:
         self.identities = identities
         self.users = users
         self._token = token
+        # One file, rewritten on each refresh: Gradio copies what it serves into its own cache.
+        self._report = Path(tempfile.mkdtemp(prefix="llmjp-export-")) / "access-report.csv"
 
     def is_admin(self, profile: gr.OAuthProfile | None, token: str | None) -> bool:
         """A listed Hugging Face user, or the holder of the admin token."""
@@ -119,9 +121,8 @@ class Admin:
         """The Admin tab's plot, table and a CSV download."""
         self.require(profile, admin_token)
         events = pd.DataFrame(self.latest(), columns=EVENT_COLUMNS)
-        path = Path(tempfile.mkdtemp(prefix="llmjp-export-")) / "access-report.csv"
-        path.write_text(self.report("csv"), encoding="utf-8")
-        return self.per_day(), events, str(path)
+        self._report.write_text(self.report("csv"), encoding="utf-8")
+        return self.per_day(), events, str(self._report)
 
     def sign_in(self, admin_token: str, profile: gr.OAuthProfile | None) -> tuple[str, Any]:
         """Check an admin token typed on the page; keeps it in server-side session state."""
