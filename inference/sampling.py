@@ -71,7 +71,7 @@ class SamplingOptions(BaseModel):
             "do_sample": True,
             "temperature": self.temperature,
             "top_p": self.top_p,
-            "top_k": self.top_k or None,
+            "top_k": self.top_k,  # 0 switches top-k off; None would mean transformers' default of 50
         }
 
 

@@ -43,7 +43,7 @@ def test_sampling_kwargs() -> None:
         "do_sample": True,
         "temperature": 0.7,
         "top_p": 0.9,
-        "top_k": None,
+        "top_k": 0,
         "repetition_penalty": 1.1,
         "max_new_tokens": 100,
     }
