@@ -9,13 +9,20 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+from inference.lanes import Lane
+from inference.progress import Queued, Status
 from inference.prompts import Message, conversation
 from inference.registry import ModelSpec, Registry
 from inference.sampling import SamplingOptions
 
 
 class Backend(Protocol):
-    """Something that can run a model; it blocks, and is called off the event loop."""
+    """Something that can run a model; it blocks, and is called off the event loop.
+
+    ``emit`` takes each text delta; ``report`` takes what the request is
+    waiting for (a download, a load) before its first token; once ``stop`` is
+    set, the backend returns within one token step.
+    """
 
     def generate(
         self,
@@ -24,6 +31,8 @@ class Backend(Protocol):
         options: SamplingOptions,
         emit: Callable[[str], None],
         stop: threading.Event,
+        *,
+        report: Callable[[Status], None] | None = None,
     ) -> None: ...
 
 
@@ -47,6 +56,7 @@ class _Mailbox:
         self._parts: list[str] = []
         self._waiting = False
         self._wake = asyncio.Event()
+        self._status: Status | None = None
         self.done = False
         self.error: BaseException | None = None
 
@@ -54,6 +64,12 @@ class _Mailbox:
         """Called from the worker thread."""
         with self._lock:
             self._parts.append(text)
+            self._signal()
+
+    def report(self, status: Status) -> None:
+        """Called from the worker thread; only the latest status is kept."""
+        with self._lock:
+            self._status = status
             self._signal()
 
     def close(self, error: BaseException | None = None) -> None:
@@ -71,7 +87,7 @@ class _Mailbox:
     async def wait(self) -> None:
         """Return once there is text or the worker has finished."""
         with self._lock:
-            if self._parts or self.done:
+            if self._parts or self.done or self._status:
                 return
             self._waiting = True
             self._wake.clear()
@@ -82,20 +98,60 @@ class _Mailbox:
             text, self._parts = "".join(self._parts), []
             return text
 
+    def take_status(self) -> Status | None:
+        with self._lock:
+            status, self._status = self._status, None
+            return status
+
 
 class Inference:
-    """Streams replies from the registry's models through a backend."""
+    """Streams replies from the registry's models, each through its backend and lane.
 
-    def __init__(self, registry: Registry, backend: Backend, *, flush_interval: float = FLUSH_INTERVAL_S) -> None:
+    Models served here share one lane of capacity 1 and one long-lived thread;
+    each remote server (``spec.endpoint``) has its own lane, ``remote_concurrency``
+    wide, since it batches requests itself. Every lane queues at most
+    ``max_queue`` requests in arrival order and refuses more with ``Busy``.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        backend: Backend,
+        *,
+        remote: Backend | None = None,
+        max_queue: int = 16,
+        remote_concurrency: int = 16,
+        flush_interval: float = FLUSH_INTERVAL_S,
+    ) -> None:
         self.registry = registry
         self.backend = backend
+        self.remote = remote
+        self.max_queue = max_queue
+        self.remote_concurrency = remote_concurrency
         self.flush_interval = flush_interval
-        # All model work runs on one long-lived thread. PyTorch's CPU kernels
-        # run about a third slower on any thread other than the first that
-        # used them (each thread gets its own OpenMP team, and they compete),
-        # so a thread per request would cost that on every reply. Requests
-        # wait their turn here in arrival order.
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        # All local model work runs on one long-lived thread. PyTorch's CPU
+        # kernels run about a third slower on any thread other than the first
+        # that used them (each thread gets its own OpenMP team, and they
+        # compete), so a thread per request would cost that on every reply.
+        self._local = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        # Remote requests only wait on the network: a thread each, bounded by the lanes.
+        self._network = ThreadPoolExecutor(max_workers=64, thread_name_prefix="remote")
+        self._lanes: dict[str, Lane] = {}
+
+    def lane(self, spec: ModelSpec) -> Lane:
+        """The queue ``spec``'s requests wait in."""
+        key = spec.endpoint.base_url if spec.endpoint else "local"
+        if key not in self._lanes:
+            capacity = self.remote_concurrency if spec.endpoint else 1
+            self._lanes[key] = Lane(capacity, self.max_queue)
+        return self._lanes[key]
+
+    def _backend(self, spec: ModelSpec) -> tuple[Backend, ThreadPoolExecutor]:
+        if spec.endpoint is None:
+            return self.backend, self._local
+        if self.remote is None:
+            raise ValueError(f"{spec.id} points at {spec.endpoint.base_url} but no remote backend is configured")
+        return self.remote, self._network
 
     async def stream(
         self,
@@ -103,34 +159,50 @@ class Inference:
         history: Sequence[Message],
         message: str,
         options: SamplingOptions,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[str | Status]:
         """Yield the reply to ``message`` as text deltas that join to the whole reply.
 
-        Generation runs on the worker thread. Closing or cancelling this iterator
-        (the stop button, a client going away) stops generation at its next
-        token step. The first text is yielded at once; later text is merged
-        over ``flush_interval`` seconds.
+        Before the first text it may yield a ``Status``: the queue position,
+        download or load progress. Generation runs on a worker thread. Closing
+        or cancelling this iterator (the stop button, a client going away)
+        leaves the queue, or stops generation at its next token step. The
+        first text is yielded at once; later text is merged over
+        ``flush_interval`` seconds.
         """
         spec = self.registry.get(model_id)
         messages = conversation(spec.prompt_format, history, message)
+        backend, executor = self._backend(spec)
+        lane = self.lane(spec)
+        async for position in lane.turn():
+            yield Queued(position)
+
         loop = asyncio.get_running_loop()
         mailbox = _Mailbox(loop)
         stop = threading.Event()
 
         def work() -> None:
             try:
-                if not stop.is_set():  # cancelled while waiting its turn: skip it
-                    self.backend.generate(spec, messages, options, mailbox.put, stop)
+                if not stop.is_set():  # stopped before its turn came: skip it
+                    backend.generate(spec, messages, options, mailbox.put, stop, report=mailbox.report)
             except BaseException as exc:  # handed to the consumer, re-raised there
                 mailbox.close(exc)
             else:
                 mailbox.close()
 
-        self._worker.submit(work)
+        try:
+            job = executor.submit(work)
+        except BaseException:
+            lane.release()
+            raise
+        # The slot is given back when the work has really ended, not when the
+        # consumer leaves: a stopped request holds it until its last token step.
+        job.add_done_callback(lambda _: loop.call_soon_threadsafe(lane.release))
         try:
             last = -math.inf
             while True:
                 await mailbox.wait()
+                if status := mailbox.take_status():
+                    yield status
                 delay = last + self.flush_interval - loop.time()
                 if delay > 0 and not mailbox.done:
                     await asyncio.sleep(delay)

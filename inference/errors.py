@@ -15,6 +15,18 @@ class AppError(Exception):
         self.ja = ja
         self.en = en
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Subclasses take other arguments; rebuild from the two messages so the
+        # error survives pickling (ZeroGPU sends it between processes).
+        return _restore, (type(self), self.ja, self.en, dict(self.__dict__))
+
+
+def _restore(cls: type[AppError], ja: str, en: str, state: dict[str, object]) -> AppError:
+    error = cls.__new__(cls)
+    AppError.__init__(error, ja, en)
+    error.__dict__.update(state)
+    return error
+
 
 class InvalidInput(AppError):
     """The request itself is wrong; nothing was done."""
@@ -48,3 +60,14 @@ class OutOfMemory(AppError):
 
 class GenerationFailed(AppError):
     """Generation stopped with an unexpected error."""
+
+
+class Busy(AppError):
+    """Too many requests are already waiting for this model; nothing was queued."""
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(
+            f"ただいま混み合っています(順番待ち {waiting} 件で上限です)。しばらくしてからもう一度お試しください。",
+            f"The model is busy ({waiting} requests are already waiting, the most allowed). Please try again shortly.",
+        )
+        self.waiting = waiting

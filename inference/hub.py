@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from typing import Any
 
 from inference.errors import ModelUnavailable
 from inference.registry import ModelSpec
@@ -50,4 +53,42 @@ def explain(spec: ModelSpec, exc: BaseException) -> ModelUnavailable:
     return ModelUnavailable(
         f"{spec.id} を読み込めませんでした: {type(exc).__name__}",
         f"Could not load {spec.id}: {type(exc).__name__}",
+    )
+
+
+def _byte_progress(report: Callable[[int, int], None]) -> type:
+    """A tqdm class for ``snapshot_download`` that passes byte counts to ``report`` and draws nothing."""
+    from tqdm import tqdm
+
+    class _Bytes(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.pop("name", None)  # huggingface_hub's own tqdm takes a name; plain tqdm does not
+            self._bytes = kwargs.get("unit") == "B"
+            super().__init__(*args, **{**kwargs, "file": io.StringIO(), "disable": False, "mininterval": 0.2})
+
+        def update(self, n: float | None = 1) -> bool | None:
+            shown = super().update(n)
+            if self._bytes:
+                report(int(self.n), int(self.total or 0))
+            return shown
+
+    return _Bytes
+
+
+def download(repo_id: str, *, token: str | None, report: Callable[[int, int], None]) -> str:
+    """Fetch what ``from_pretrained`` reads (config, tokenizer, one set of weights) into the hub cache.
+
+    ``report(done, total)`` hears the bytes written so far. Returns the local
+    snapshot directory. Files already cached are not fetched again.
+    """
+    from huggingface_hub import HfApi, snapshot_download
+
+    files = HfApi(endpoint=HUB_URL).list_repo_files(repo_id, token=token)
+    top = [f for f in files if "/" not in f]
+    # Prefer safetensors; older checkpoints publish only PyTorch pickles.
+    weights = [f for f in top if f.endswith(".safetensors")] or [f for f in top if f.endswith(".bin")]
+    weights += [f for f in top if f.endswith((".safetensors.index.json", ".bin.index.json"))]
+    allow = ["*.json", "*.model", "*.txt", "*.tiktoken", *weights]
+    return snapshot_download(
+        repo_id, token=token, allow_patterns=allow, endpoint=HUB_URL, tqdm_class=_byte_progress(report)
     )

@@ -5,19 +5,23 @@ from __future__ import annotations
 import gc
 import importlib.util
 import logging
+import math
+import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import spaces
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
 from inference import hub, memory, prompts, tiny
-from inference.errors import AppError, GenerationFailed, InvalidInput, OutOfMemory
+from inference.errors import AppError, GenerationFailed, OutOfMemory
+from inference.progress import Downloading, Loading, Status
 from inference.prompts import Message
 from inference.registry import Architecture, ModelSpec
 from inference.sampling import SamplingOptions
@@ -39,6 +43,10 @@ def attention_implementation() -> str:
     if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
+
+
+def _ignore(_: Status) -> None:
+    pass
 
 
 class _Stopped(Exception):
@@ -113,12 +121,13 @@ class TransformersBackend:
             self._needs[spec.id] = memory.need(config, self._dtype(spec), spec.context)
         return self._needs[spec.id]
 
-    def load(self, spec: ModelSpec) -> Loaded:
+    def load(self, spec: ModelSpec, report: Callable[[Status], None] | None = None) -> Loaded:
         """The loaded model for ``spec``, loading it (and evicting others) if needed.
 
         Models are kept least-recently-used first, bounded by count and by
         memory: before loading, others are unloaded until the new one fits, and
         a model that cannot fit at all is refused before anything is read.
+        ``report`` hears download and load progress.
         """
         with self._lock:
             if spec.id in self._loaded:
@@ -131,7 +140,7 @@ class TransformersBackend:
                 self._evict()
             if required.total > (free := memory.free_bytes()):
                 raise memory.refuse(spec.label, required, free)
-            loaded = self._load(spec)
+            loaded = self._load(spec, required, report or _ignore)
             self._loaded[spec.id] = loaded
             return loaded
 
@@ -140,19 +149,25 @@ class TransformersBackend:
         log.info("unloading %s", model_id)
         self._free()
 
-    def _load(self, spec: ModelSpec) -> Loaded:
+    def _load(self, spec: ModelSpec, required: memory.Need, report: Callable[[Status], None]) -> Loaded:
         source, dtype = self._source(spec), self._dtype(spec)
         log.info("loading %s from %s (%s, %s)", spec.id, source, dtype, attention_implementation())
         try:
             hub_options = {"token": self._token, "local_files_only": self._offline}
+            if not self._offline and not Path(source).is_dir():
+                # Fetched first, on its own, so the visitor sees the bytes arrive.
+                source = hub.download(
+                    str(source), token=self._token, report=lambda done, total: report(Downloading(done, total))
+                )
             tokenizer = AutoTokenizer.from_pretrained(source, **hub_options)
-            model = AutoModelForCausalLM.from_pretrained(
-                source,
-                dtype=dtype,
-                device_map="auto",
-                attn_implementation=attention_implementation(),
-                **hub_options,
-            )
+            with memory.watch_growth(required.weights, lambda done, total: report(Loading(done, total))):
+                model = AutoModelForCausalLM.from_pretrained(
+                    source,
+                    dtype=dtype,
+                    device_map="auto",
+                    attn_implementation=attention_implementation(),
+                    **hub_options,
+                )
         except torch.OutOfMemoryError:
             self._free()
             raise OutOfMemory() from None
@@ -174,19 +189,53 @@ class TransformersBackend:
         options: SamplingOptions,
         emit: Callable[[str], None],
         stop: threading.Event,
+        *,
+        report: Callable[[Status], None] | None = None,
     ) -> None:
         """Generate a reply to ``messages``, passing each text delta to ``emit``; blocking."""
+        self.load(spec, report)
+        if memory.on_zero_gpu():
+            self._generate_on_zero_gpu(spec, messages, options, emit, stop)
+        else:
+            self._generate(spec, messages, options, emit, stop)
+
+    def _generate_on_zero_gpu(
+        self,
+        spec: ModelSpec,
+        messages: Sequence[Message],
+        options: SamplingOptions,
+        emit: Callable[[str], None],
+        stop: threading.Event,
+    ) -> None:
+        # The model was loaded in this process; ZeroGPU forks a worker that
+        # inherits it and gets the GPU for the call. Text comes back through
+        # the generator; closing it makes ZeroGPU stop the worker's generator.
+        global _ZERO_GPU_BACKEND
+        _ZERO_GPU_BACKEND = self
+        deltas = generate_on_gpu(spec, list(messages), options)
+        try:
+            for item in deltas:
+                if stop.is_set():
+                    return
+                if isinstance(item, AppError):
+                    raise item
+                emit(item)
+        finally:
+            deltas.close()
+
+    def _generate(
+        self,
+        spec: ModelSpec,
+        messages: Sequence[Message],
+        options: SamplingOptions,
+        emit: Callable[[str], None],
+        stop: threading.Event,
+    ) -> None:
         loaded = self.load(spec)
         tok = loaded.tokenizer
-        text = prompts.render(tok, spec.prompt_format, messages)
-        input_ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
-        room = spec.context - input_ids.shape[1]
-        if room < 1:
-            raise InvalidInput(
-                "会話が長すぎます。チャットを消去してやり直してください。",
-                "The conversation is too long for this model. Clear the chat and start again.",
-            )
-        kwargs = options.generate_kwargs() | {"max_new_tokens": min(options.max_new_tokens, room)}
+        _, ids, max_new_tokens = prompts.encode(tok, spec.prompt_format, messages, spec.context, options.max_new_tokens)
+        input_ids = torch.tensor([ids])
+        kwargs = options.generate_kwargs() | {"max_new_tokens": max_new_tokens}
         try:
             with torch.inference_mode():
                 loaded.model.generate(
@@ -210,3 +259,57 @@ class TransformersBackend:
                 f"生成中にエラーが発生しました({type(exc).__name__})。もう一度お試しください。",
                 f"Generation failed ({type(exc).__name__}). Please try again.",
             ) from exc
+
+
+# -- ZeroGPU ---------------------------------------------------------------
+# On a ZeroGPU Space a GPU is lent per call to a function decorated with
+# ``spaces.GPU``, for a duration asked up front; elsewhere the decorator
+# returns the function unchanged and this path is not taken.
+
+_ZERO_GPU_BACKEND: TransformersBackend | None = None
+ZERO_GPU_START_S = 15
+"""Worker start-up, moving the weights onto the GPU, and the prefill."""
+ZERO_GPU_TOKENS_PER_S = 20
+"""A decoding speed every model that fits a ZeroGPU slice beats there."""
+ZERO_GPU_MAX_S = 120
+
+
+def zero_gpu_seconds(spec: ModelSpec, messages: list[Message], options: SamplingOptions) -> int:
+    """GPU time to ask ZeroGPU for one reply: start-up plus ``max_new_tokens`` at a safe speed.
+
+    Asking for more than needed lowers a visitor's place in ZeroGPU's queue;
+    asking for less ends the reply early.
+    """
+    return min(ZERO_GPU_MAX_S, ZERO_GPU_START_S + math.ceil(options.max_new_tokens / ZERO_GPU_TOKENS_PER_S))
+
+
+@spaces.GPU(duration=zero_gpu_seconds)
+def generate_on_gpu(spec: ModelSpec, messages: list[Message], options: SamplingOptions) -> Iterator[str | AppError]:
+    """Yield the reply's text deltas, then stop; closing the generator stops generation within one step.
+
+    On ZeroGPU this runs in the GPU worker process, so its arguments and what
+    it yields are pickled: a visitor's error is yielded, not raised, to keep
+    its bilingual message (ZeroGPU would replace a raised one with its own).
+    """
+    backend = _ZERO_GPU_BACKEND
+    if backend is None:
+        raise RuntimeError("generate_on_gpu is called through TransformersBackend.generate")
+    deltas: queue.SimpleQueue[str | AppError | None] = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            backend._generate(spec, messages, options, deltas.put, stop)
+        except AppError as exc:
+            deltas.put(exc)
+        finally:
+            deltas.put(None)
+
+    worker = threading.Thread(target=run, name="zero-gpu-generate")
+    worker.start()
+    try:
+        while (item := deltas.get()) is not None:
+            yield item
+    finally:
+        stop.set()
+        worker.join()

@@ -8,6 +8,10 @@ the KV cache for the model's whole context.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,14 +58,57 @@ def need(config: PretrainedConfig, dtype: torch.dtype, context: int) -> Need:
     return Need(parameters=parameters, weights=parameters * size, kv_cache=kv_cache)
 
 
+def on_zero_gpu() -> bool:
+    """Whether this is a ZeroGPU Space: CUDA is faked here and lent to a worker process per call."""
+    from spaces.config import Config
+
+    return bool(Config.zero_gpu)
+
+
 def free_bytes() -> int:
     """Free memory where the model would go: all visible GPUs together, else available RAM."""
+    if on_zero_gpu():
+        # No real GPU in this process to ask; a call gets a whole slice of this size.
+        return int(torch.cuda.get_device_properties(0).total_memory)
     if torch.cuda.is_available():
         return sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024
     return 0  # unknown: refuse rather than crash the process later
+
+
+def in_use() -> int:
+    """Bytes this process holds where models go: on all GPUs, else its resident memory."""
+    if torch.cuda.is_available() and not on_zero_gpu():
+        return sum(torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count()))
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextlib.contextmanager
+def watch_growth(expected: int, report: Callable[[int, int], None], every: float = 0.25) -> Iterator[None]:
+    """Report, while the block runs, how much of ``expected`` bytes has arrived in memory.
+
+    Loading weights has no progress hook of its own; the memory it takes up
+    is the progress, measured from outside the loader.
+    """
+    start = in_use()
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.wait(every):
+            report(min(max(in_use() - start, 0), expected), expected)
+
+    report(0, expected)
+    watcher = threading.Thread(target=poll, name="load-progress", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+    report(expected, expected)
 
 
 def refuse(model_label: str, required: Need, free: int) -> ModelUnavailable:

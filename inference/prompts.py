@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any, Literal, TypedDict
 
+from inference.errors import InvalidInput
+
 SYSTEM_SENTENCE = "以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。"
 
 
@@ -102,3 +104,21 @@ def render(tokenizer: Any, fmt: PromptFormat, messages: Sequence[Message]) -> st
         tokenize=False,
         add_generation_prompt=fmt is not PromptFormat.COMPLETION,
     )
+
+
+def encode(
+    tokenizer: Any, fmt: PromptFormat, messages: Sequence[Message], context: int, max_new_tokens: int
+) -> tuple[str, list[int], int]:
+    """The prompt text, its token ids, and how many new tokens fit in ``context`` (at most ``max_new_tokens``).
+
+    Raises ``InvalidInput`` when the conversation leaves no room for a reply.
+    """
+    text = render(tokenizer, fmt, messages)
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    room = context - len(ids)
+    if room < 1:
+        raise InvalidInput(
+            "会話が長すぎます。チャットを消去してやり直してください。",
+            "The conversation is too long for this model. Clear the chat and start again.",
+        )
+    return text, ids, min(max_new_tokens, room)

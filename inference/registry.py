@@ -66,6 +66,25 @@ TEST_ONLY = License(
 )
 
 
+class Server(StrEnum):
+    """The OpenAI-compatible server behind an endpoint; they take sampling options differently."""
+
+    VLLM = "vllm"
+    TRANSFORMERS = "transformers"
+    """``transformers serve``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Endpoint:
+    """Where a model is served remotely. Its API key comes from settings, not from here."""
+
+    base_url: str
+    """The server's OpenAI API root, e.g. ``http://gpu-1:8000/v1``."""
+    model: str
+    """The name the server knows the model by."""
+    server: Server = Server.VLLM
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """One servable checkpoint."""
@@ -89,6 +108,8 @@ class ModelSpec:
     tiny: bool = False
     """A random-weight model of the real architecture, built locally for offline use."""
     instruct: bool = True
+    endpoint: Endpoint | None = None
+    """Set when the model runs on a remote server instead of this machine."""
 
 
 _LLMJP3_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, repetition_penalty=1.05, max_new_tokens=100)

@@ -66,7 +66,7 @@ class CountingBackend:
         self.active = 0
         self._lock = threading.Lock()
 
-    def generate(self, spec, messages: Sequence, options, emit: Callable[[str], None], stop) -> None:
+    def generate(self, spec, messages: Sequence, options, emit: Callable[[str], None], stop, **kwargs) -> None:
         with self._lock:
             self.calls += 1
             self.active += 1
@@ -77,7 +77,7 @@ class CountingBackend:
             emit(text)
 
         try:
-            self.inner.generate(spec, messages, options, counted, stop)  # type: ignore[attr-defined]
+            self.inner.generate(spec, messages, options, counted, stop, **kwargs)  # type: ignore[attr-defined]
         finally:
             with self._lock:
                 self.active -= 1

@@ -77,8 +77,9 @@ def test_closing_the_stream_stops_generation(models_dir: Path) -> None:
     async def first_then_close() -> None:
         options = SamplingOptions(temperature=0, max_new_tokens=2000)
         stream = inference.stream("tiny-gptneox", [], "こんにちは", options)
-        async for _ in stream:
-            break
+        async for item in stream:
+            if isinstance(item, str):  # past the load: generation is under way
+                break
         await stream.aclose()
         for _ in range(100):
             if not counting.active:

@@ -9,8 +9,10 @@ import logging
 import gradio as gr
 
 from db.engine import make_engine, session_factory, upgrade
-from inference import CHECKPOINTS, TINY_MODELS, Backend, Inference, Registry, hub
+from inference import CHECKPOINTS, TINY_MODELS, Backend, Inference, ModelSpec, Registry, hub, tiny
 from inference.local import TransformersBackend
+from inference.registry import Architecture, Endpoint
+from inference.remote import RemoteBackend
 from webapp import ui
 from webapp.admin import Admin
 from webapp.consent import Gate
@@ -31,15 +33,39 @@ def catalog(settings: Settings) -> Registry:
         mode = "tiny" if offline else "real"
         log.info("hub %s: offering %s models", "unreachable or offline" if offline else "reachable", mode)
     specs = {"real": CHECKPOINTS, "tiny": TINY_MODELS, "all": CHECKPOINTS + TINY_MODELS}[mode]
-    unknown = set(settings.model_paths) - {s.id for s in specs}
-    if unknown:
-        raise ValueError(f"LLMJP_MODEL_PATHS names models that are not offered: {sorted(unknown)}")
-    # A local copy is loaded from its directory, exactly like a hub snapshot.
-    specs = tuple(
-        dataclasses.replace(s, source=settings.model_paths[s.id], tiny=False) if s.id in settings.model_paths else s
-        for s in specs
+    ids = {s.id for s in specs}
+    for name, table in (("LLMJP_MODEL_PATHS", settings.model_paths), ("LLMJP_REMOTE_MODELS", settings.remote_models)):
+        if unknown := set(table) - ids:
+            raise ValueError(f"{name} names models that are not offered: {sorted(unknown)}")
+    return Registry.of((_configured(s, settings) for s in specs), default=settings.default_model)
+
+
+def _configured(spec: ModelSpec, settings: Settings) -> ModelSpec:
+    """``spec`` with its local copy (loaded from its directory like a hub snapshot) or its server."""
+    if path := settings.model_paths.get(spec.id):
+        spec = dataclasses.replace(spec, source=path, tiny=False)
+    if remote := settings.remote_models.get(spec.id):
+        base_url = str(remote.base_url).rstrip("/")
+        endpoint = Endpoint(base_url=base_url, model=remote.model or spec.source, server=remote.server)
+        spec = dataclasses.replace(spec, endpoint=endpoint)
+    return spec
+
+
+def _remote_backend(settings: Settings) -> RemoteBackend:
+    default = settings.remote_api_key
+    keys = {
+        str(r.base_url).rstrip("/"): key.get_secret_value()
+        for r in settings.remote_models.values()
+        if (key := r.api_key or default)
+    }
+    models_dir = settings.models_dir
+    return RemoteBackend(
+        api_keys=keys,
+        hf_token=settings.token,
+        offline=settings.offline,
+        # A tiny model served remotely (tests) renders with the tokenizer built here.
+        tokenizer_source=lambda spec: tiny.ensure(Architecture(spec.source), models_dir) if spec.tiny else spec.source,
     )
-    return Registry.of(specs, default=settings.default_model)
 
 
 def create_app(settings: Settings, *, backend: Backend | None = None, terms: Terms | None = None) -> gr.Blocks:
@@ -63,7 +89,13 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
     terms = terms or Terms.load()
     handlers = Handlers(
         gate=Gate(sessions, terms, identities),
-        inference=Inference(registry, backend),
+        inference=Inference(
+            registry,
+            backend,
+            remote=_remote_backend(settings),
+            max_queue=settings.max_queue,
+            remote_concurrency=settings.remote_concurrency,
+        ),
         max_message_chars=settings.max_message_chars,
     )
     admin = Admin(

@@ -173,14 +173,19 @@ class Handlers:
         request: gr.Request = None,  # type: ignore[assignment]
         profile: gr.OAuthProfile | None = None,
     ) -> AsyncIterator[str]:
-        """Stream a reply to ``message``; each update is the reply so far."""
+        """Stream a reply to ``message``; each update is the reply so far.
+
+        Waiting (the queue, a download, a load) shows on the page's status
+        line; here it is only a delay before the first update.
+        """
         sampling = _sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens)
         past = parse_history(history)
         text, options = await self._admitted(request, profile, receipt, message, model_id, sampling)
         reply = ""
-        async for delta in self.inference.stream(model_id, past, text, options):
-            reply += delta
-            yield reply
+        async for item in self.inference.stream(model_id, past, text, options):
+            if isinstance(item, str):
+                reply += item
+                yield reply
 
     async def chat_ui(
         self,
@@ -195,17 +200,24 @@ class Handlers:
         receipt: str | None,
         request: gr.Request,
         profile: gr.OAuthProfile | None,
-    ) -> AsyncIterator[tuple[list[dict[str, str]], str]]:
-        """The page's chat: show the user's turn, then stream the reply into the chatbot."""
+    ) -> AsyncIterator[tuple[list[dict[str, str]], str, str]]:
+        """The page's chat: show the user's turn, then stream the reply into the chatbot.
+
+        The third output is the status line under the chat: the queue
+        position, download or load progress, cleared when the reply starts.
+        """
         sampling = _sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens)
         past = parse_history(history)
         text, options = await self._admitted(request, profile, receipt, message, model_id, sampling)
         shown = [dict(m) for m in past] + [{"role": "user", "content": text}]
-        yield shown, ""  # the turn appears and the box clears before the model answers
+        yield shown, "", ""  # the turn appears and the box clears before the model answers
         reply = ""
-        async for delta in self.inference.stream(model_id, past, text, options):
-            reply += delta
-            yield [*shown, {"role": "assistant", "content": reply}], ""
+        async for item in self.inference.stream(model_id, past, text, options):
+            if isinstance(item, str):
+                reply += item
+                yield [*shown, {"role": "assistant", "content": reply}], "", ""
+            else:
+                yield shown, "", item.describe()
 
     def card_defaults(self, model_id: str) -> tuple[float, float, int, float, int, str]:
         """The chosen model's card sampling, to reset the controls, and its licence line."""

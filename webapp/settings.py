@@ -6,11 +6,12 @@ import os
 import secrets
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 from inference import hub
+from inference.registry import Server
 
 # Hugging Face Spaces mounts persistent storage here when it is enabled.
 SPACES_PERSISTENT_DIR = Path("/data")
@@ -18,6 +19,17 @@ SPACES_PERSISTENT_DIR = Path("/data")
 
 def _default_data_dir() -> Path:
     return SPACES_PERSISTENT_DIR if SPACES_PERSISTENT_DIR.is_dir() else Path("data").resolve()
+
+
+class RemoteModel(BaseModel):
+    """Where one registry model is served over the OpenAI API (``LLMJP_REMOTE_MODELS``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: AnyHttpUrl = Field(description="The server's OpenAI API root, e.g. http://gpu-1:8000/v1.")
+    model: str | None = Field(None, description="The name the server knows it by; the hub repo id when unset.")
+    server: Server = Field(Server.VLLM, description="'vllm' or 'transformers' (transformers serve).")
+    api_key: SecretStr | None = Field(None, description="This server's key; LLMJP_REMOTE_API_KEY when unset.")
 
 
 class Settings(BaseSettings):
@@ -38,6 +50,17 @@ class Settings(BaseSettings):
     )
     max_message_chars: int = Field(4000, ge=1, description="Longest accepted chat message, in characters.")
     max_loaded_models: int = Field(1, ge=1, description="Models kept in memory at once.")
+    max_queue: int = Field(
+        16, ge=0, le=10_000, description="Requests that may wait per model server; more are told it is busy."
+    )
+    remote_models: dict[str, RemoteModel] = Field(
+        default_factory=dict,
+        description='Registry ids served by OpenAI-compatible servers, as JSON: {"llm-jp-3.1-8x13b-instruct4": {"base_url": "http://gpu-1:8000/v1"}}.',
+    )
+    remote_api_key: SecretStr | None = Field(
+        None, description="API key for the remote servers that have none of their own."
+    )
+    remote_concurrency: int = Field(16, ge=1, le=1024, description="Requests in flight at once per remote server.")
     hf_token: SecretStr | None = Field(None, validation_alias=AliasChoices("HF_TOKEN", "LLMJP_HF_TOKEN"))
     secret_key: SecretStr | None = Field(
         None, description="Signs receipts and salts address hashes; generated into data_dir when unset."

@@ -49,6 +49,7 @@ class _Chat:
     acknowledge: gr.Button
     sliders: list[Any]
     chatbot: gr.Chatbot
+    status: gr.Markdown
     message: gr.Textbox
     send: gr.Button
     stop: gr.Button
@@ -121,6 +122,7 @@ def _render_chat(registry: Registry) -> _Chat:
     with gr.Row():
         with gr.Column(scale=3):
             chatbot = gr.Chatbot(label="会話 / Conversation", height=460, buttons=["copy"], feedback_options=None)
+            status = gr.Markdown("", elem_id="chat-status")
             message = gr.Textbox(label="メッセージ / Message", placeholder="富士山について教えて", lines=1, max_lines=8)
             with gr.Row():
                 send = gr.Button("送信 / Send", variant="primary")
@@ -142,7 +144,7 @@ def _render_chat(registry: Registry) -> _Chat:
                     _slider("repetition_penalty", "repetition_penalty", s.repetition_penalty, 0.01),
                     _slider("max_new_tokens", "max_new_tokens", s.max_new_tokens, 1),
                 ]
-    return _Chat(model, licence, acknowledge, sliders, chatbot, message, send, stop, clear)
+    return _Chat(model, licence, acknowledge, sliders, chatbot, status, message, send, stop, clear)
 
 
 def _render_admin() -> _AdminView:
@@ -230,17 +232,24 @@ def _wire(demo: gr.Blocks, page: _Page, handlers: Handlers, admin: Admin) -> Non
     gr.api(user_errors(handlers.acknowledge_licence), api_name="acknowledge_licence")
 
     # Chat: the page streams into the chatbot; /chat streams text. Both go
-    # through the same gate before any token is made, in one concurrency group.
+    # through the same gate before any token is made, and the same lanes.
     reply = gr.on(
         [chat.send.click, chat.message.submit],
         user_errors(handlers.chat_ui),
         [chat.message, chat.chatbot, chat.model, *chat.sliders, receipt],
-        [chat.chatbot, chat.message],
+        [chat.chatbot, chat.message, chat.status],
         api_name="page_chat",
-        concurrency_id="generate",
+        # Fairness, the queue's bound and the "busy" message belong to the
+        # model lanes (inference.lanes), one per model server: Gradio lets
+        # every chat in at once and they wait there, seeing their position.
+        concurrency_limit=None,
         **private,
     )
-    chat.stop.click(None, None, None, cancels=[reply], api_name="page_stop", **private)
+    # However the reply ended (done, refused, failed), the status line has nothing more to say.
+    reply.then(lambda: "", None, chat.status, api_name="page_chat_done", queue=False, **private)
+    chat.stop.click(None, None, None, cancels=[reply], api_name="page_stop", **private).then(
+        lambda: "", None, chat.status, api_name="page_stop_done", queue=False, **private
+    )
     chat.clear.click(lambda: [], None, chat.chatbot, api_name="page_clear", queue=False, **private)
     chat.model.change(
         user_errors(handlers.card_defaults), chat.model, [*chat.sliders, chat.licence], api_name="page_model", **private
@@ -248,7 +257,7 @@ def _wire(demo: gr.Blocks, page: _Page, handlers: Handlers, admin: Admin) -> Non
     chat.acknowledge.click(
         user_errors(handlers.acknowledge_licence), [chat.model, receipt], form.status, api_name="page_ack", **private
     ).success(lambda: gr.Button(visible=False), None, chat.acknowledge, api_name="page_ack_done", **private)
-    gr.api(user_errors(handlers.chat_api), api_name="chat", concurrency_id="generate")
+    gr.api(user_errors(handlers.chat_api), api_name="chat", concurrency_limit=None)
 
     # Admin: every handler checks the caller on the server.
     dashboard = [view.plot, view.events, view.download]

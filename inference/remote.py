@@ -1,0 +1,180 @@
+"""The remote backend: models on OpenAI-compatible servers (vLLM in production, ``transformers serve``).
+
+The prompt is rendered here with the model's own tokenizer and sent to
+``/v1/completions``, so a remote model sees byte for byte the prompt a local
+one would, whichever family it is (two of them have no chat template the
+server could apply). The two servers take sampling options differently:
+
+- vLLM takes ``top_k``, ``repetition_penalty`` and ``add_special_tokens`` as
+  extra top-level fields.
+- ``transformers serve`` rejects those fields (422), and samples only when
+  ``do_sample`` is switched on in a ``generation_config`` JSON string, which
+  then replaces the model's own generation config. It also always adds the
+  tokenizer's special tokens, so a BOS the template wrote is left out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import openai
+from transformers import AutoTokenizer
+
+from inference import hub, prompts
+from inference.errors import AppError, GenerationFailed, ModelUnavailable
+from inference.progress import Status
+from inference.prompts import Message
+from inference.registry import Endpoint, ModelSpec, Server
+from inference.sampling import SamplingOptions
+
+log = logging.getLogger(__name__)
+
+# Connecting must be quick; a read may wait for a busy server's prefill.
+TIMEOUT = httpx.Timeout(120.0, connect=5.0)
+
+
+def request_body(endpoint: Endpoint, options: SamplingOptions, max_tokens: int, eos: int | None, pad: int | None):
+    """The ``/v1/completions`` fields, beyond the prompt, that ``endpoint``'s server accepts."""
+    greedy = options.temperature == 0.0
+    if endpoint.server is Server.TRANSFORMERS:
+        config: dict[str, Any] = {
+            "max_new_tokens": max_tokens,
+            "do_sample": not greedy,
+            "repetition_penalty": options.repetition_penalty,
+            "eos_token_id": eos,
+            "pad_token_id": pad if pad is not None else eos,
+        }
+        if not greedy:
+            config |= {"temperature": options.temperature, "top_p": options.top_p, "top_k": options.top_k}
+        return {"max_tokens": max_tokens, "extra_body": {"generation_config": json.dumps(config)}}
+    return {
+        "max_tokens": max_tokens,
+        "temperature": options.temperature,  # vLLM decodes greedily at 0
+        "top_p": options.top_p,
+        "extra_body": {
+            "top_k": options.top_k or -1,  # -1 is "off" in every vLLM version
+            "repetition_penalty": options.repetition_penalty,
+            "add_special_tokens": False,  # the template wrote the BOS itself
+        },
+    }
+
+
+def _strip_added_bos(tokenizer: Any, text: str) -> str:
+    """``text`` without its leading BOS when the tokenizer would add one anyway."""
+    bos = tokenizer.bos_token
+    if not bos or not text.startswith(bos):
+        return text
+    adds_bos = tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]
+    return text[len(bos) :] if adds_bos else text
+
+
+class RemoteBackend:
+    """Streams completions from the server each spec's ``endpoint`` names."""
+
+    def __init__(
+        self,
+        *,
+        api_keys: dict[str, str] | None = None,
+        hf_token: str | None = None,
+        offline: bool = False,
+        tokenizer_source: Callable[[ModelSpec], Any] | None = None,
+    ) -> None:
+        self._api_keys = api_keys or {}
+        self._token = hf_token
+        self._offline = offline
+        self._tokenizer_source = tokenizer_source or (lambda spec: spec.source)
+        self._clients: dict[str, openai.OpenAI] = {}
+        self._tokenizers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _client(self, endpoint: Endpoint) -> openai.OpenAI:
+        with self._lock:
+            if endpoint.base_url not in self._clients:
+                # vLLM without --api-key accepts any key; the client insists on one.
+                key = self._api_keys.get(endpoint.base_url) or "none"
+                self._clients[endpoint.base_url] = openai.OpenAI(
+                    base_url=endpoint.base_url, api_key=key, timeout=TIMEOUT, max_retries=0
+                )
+            return self._clients[endpoint.base_url]
+
+    def tokenizer(self, spec: ModelSpec) -> Any:
+        """The model's own tokenizer (a few MB), to render and measure prompts here."""
+        with self._lock:
+            if spec.id not in self._tokenizers:
+                try:
+                    self._tokenizers[spec.id] = AutoTokenizer.from_pretrained(
+                        self._tokenizer_source(spec), token=self._token, local_files_only=self._offline
+                    )
+                except (OSError, ValueError) as exc:
+                    raise hub.explain(spec, exc) from exc
+            return self._tokenizers[spec.id]
+
+    def generate(
+        self,
+        spec: ModelSpec,
+        messages: Sequence[Message],
+        options: SamplingOptions,
+        emit: Callable[[str], None],
+        stop: threading.Event,
+        *,
+        report: Callable[[Status], None] | None = None,
+    ) -> None:
+        """Stream a reply from the model's server; closing the stream on stop makes the server abort it."""
+        endpoint = spec.endpoint
+        if endpoint is None:
+            raise ValueError(f"{spec.id} has no endpoint")
+        tok = self.tokenizer(spec)
+        text, _, max_tokens = prompts.encode(tok, spec.prompt_format, messages, spec.context, options.max_new_tokens)
+        if endpoint.server is Server.TRANSFORMERS:
+            text = _strip_added_bos(tok, text)
+        body = request_body(endpoint, options, max_tokens, tok.eos_token_id, tok.pad_token_id)
+        try:
+            stream = self._client(endpoint).completions.create(model=endpoint.model, prompt=text, stream=True, **body)
+            with stream:
+                for chunk in stream:
+                    if stop.is_set():
+                        return  # leaving the block closes the connection; the server aborts the request
+                    # Like the local decoder: a byte the server could not
+                    # decode on its own is never shown as U+FFFD.
+                    if chunk.choices and (delta := chunk.choices[0].text.replace("\ufffd", "")):
+                        emit(delta)
+        except openai.APIError as exc:
+            raise _explain(spec, exc) from exc
+
+
+def _explain(spec: ModelSpec, exc: openai.APIError) -> AppError:
+    """A visitor's message for a server error; the server's address stays in the log."""
+    host = urlsplit(spec.endpoint.base_url).netloc if spec.endpoint else "?"
+    log.warning("remote %s at %s failed: %s: %s", spec.id, host, type(exc).__name__, exc.message)
+    label = spec.label
+    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
+        return ModelUnavailable(
+            f"{label} のモデルサーバーに接続できません。しばらくしてからもう一度お試しください。",
+            f"Cannot reach the server for {label}. Please try again later.",
+        )
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return ModelUnavailable(
+            f"{label} のモデルサーバーが API キーを受け付けません。管理者に連絡してください。",
+            f"The server for {label} refused this demo's API key. Please tell the administrator.",
+        )
+    if isinstance(exc, openai.NotFoundError):
+        return ModelUnavailable(
+            f"{label} のモデルサーバーにこのモデルがありません。管理者に連絡してください。",
+            f"The server for {label} does not serve this model. Please tell the administrator.",
+        )
+    if isinstance(exc, openai.RateLimitError):
+        return ModelUnavailable(
+            f"{label} のモデルサーバーが混み合っています。しばらくしてからもう一度お試しください。",
+            f"The server for {label} is busy. Please try again shortly.",
+        )
+    status = f" (HTTP {exc.status_code})" if isinstance(exc, openai.APIStatusError) else ""
+    return GenerationFailed(
+        f"{label} のモデルサーバーがエラーを返しました{status}。もう一度お試しください。",
+        f"The server for {label} returned an error{status}. Please try again.",
+    )
