@@ -12,7 +12,12 @@ from typing import Any
 from inference.errors import ModelUnavailable
 from inference.registry import ModelSpec
 
-HUB_URL = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+def endpoint() -> str:
+    """The hub's URL: huggingface_hub's, which honours ``HF_ENDPOINT`` (a mirror, or a test's stand-in)."""
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
 
 
 def offline_by_env() -> bool:
@@ -23,7 +28,7 @@ def offline_by_env() -> bool:
 def reachable(timeout: float = 3.0) -> bool:
     """Whether the hub answers at all (any HTTP status counts as an answer)."""
     try:
-        urllib.request.urlopen(urllib.request.Request(f"{HUB_URL}/api/health", method="HEAD"), timeout=timeout)
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint()}/api/health", method="HEAD"), timeout=timeout)
     except urllib.error.HTTPError:
         return True
     except (OSError, ValueError):
@@ -35,6 +40,11 @@ def explain(spec: ModelSpec, exc: BaseException) -> ModelUnavailable:
     """A visitor-facing explanation of why ``spec`` could not be loaded."""
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    # transformers re-raises hub errors as OSError; the hub's own is its cause.
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, GatedRepoError | RepositoryNotFoundError):
+        cause = cause.__cause__ or cause.__context__
+    exc = cause or exc
     if isinstance(exc, GatedRepoError):
         return ModelUnavailable(
             f"{spec.source} は承認制のリポジトリです。利用が承認されたアカウントのトークンを HF_TOKEN に設定してください。",
@@ -83,12 +93,12 @@ def download(repo_id: str, *, token: str | None, report: Callable[[int, int], No
     """
     from huggingface_hub import HfApi, snapshot_download
 
-    files = HfApi(endpoint=HUB_URL).list_repo_files(repo_id, token=token)
+    files = HfApi(endpoint=endpoint()).list_repo_files(repo_id, token=token)
     top = [f for f in files if "/" not in f]
     # Prefer safetensors; older checkpoints publish only PyTorch pickles.
     weights = [f for f in top if f.endswith(".safetensors")] or [f for f in top if f.endswith(".bin")]
     weights += [f for f in top if f.endswith((".safetensors.index.json", ".bin.index.json"))]
     allow = ["*.json", "*.model", "*.txt", "*.tiktoken", *weights]
     return snapshot_download(
-        repo_id, token=token, allow_patterns=allow, endpoint=HUB_URL, tqdm_class=_byte_progress(report)
+        repo_id, token=token, allow_patterns=allow, endpoint=endpoint(), tqdm_class=_byte_progress(report)
     )

@@ -108,14 +108,14 @@ class RunningApp:
 ADMIN_TOKEN = "test-admin-token-0123456789"
 
 
-def launch(settings: object, models_dir: Path, **kwargs: object) -> RunningApp:
-    """Build and launch the real app for ``settings`` on a free port."""
+def launch(settings: object, models_dir: Path, wrap: Callable | None = None, **kwargs: object) -> RunningApp:
+    """Build and launch the real app for ``settings`` on a free port; ``wrap`` may wrap its backend."""
     from inference.local import TransformersBackend
     from webapp.factory import create_app
     from webapp.ui import launch_options
 
     backend = CountingBackend(TransformersBackend(models_dir=models_dir, max_loaded=4, offline=True))
-    demo = create_app(settings, backend=backend, **kwargs)  # type: ignore[arg-type]
+    demo = create_app(settings, backend=wrap(backend) if wrap else backend, **kwargs)  # type: ignore[arg-type]
     demo.queue(default_concurrency_limit=4)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **launch_options())
     return RunningApp(url, settings, backend, demo)

@@ -129,3 +129,49 @@ def test_admin_tab_shows_contact_fields_as_text(running_app: RunningApp, page) -
         close.click()
     page.screenshot(path=str(ARTIFACTS / "browser-3-admin.png"), full_page=True)
     assert dialogs == []
+
+
+def test_a_waiting_visitor_sees_their_place_then_the_reply(tmp_path: Path, models_dir: Path, page) -> None:
+    """Another visitor holds the model; this one's status line shows the queue, then clears as the reply comes."""
+    from playwright.sync_api import expect
+
+    from tests.conftest import launch
+    from tests.test_app_http import FORM, GOOD
+    from tests.test_queue_http import Held
+    from webapp.settings import Settings
+
+    holder: list[Held] = []
+    settings = Settings(data_dir=tmp_path / "app", models="tiny", hub_offline=True)
+    app = launch(settings, models_dir, wrap=lambda backend: holder.append(Held(backend)) or holder[0])
+    held = holder[0]
+    try:
+        other = app.client()
+        other.predict(**FORM, api_name="/accept_terms")
+        job = other.submit("先に来た人", **(GOOD | {"max_new_tokens": 8}), api_name="/chat")
+        assert held.entered.acquire(timeout=30)
+
+        page.goto(app.url, wait_until="load")
+        page.get_by_label("氏名 / Name").fill("佐藤 花子")
+        page.get_by_label("メールアドレス / Email").fill("hanako@example.jp")
+        page.get_by_label("所属 / Affiliation").fill("国立情報学研究所")
+        page.get_by_label("利用目的 / Intended use").fill("動作確認")
+        page.get_by_label("上記の利用規約に同意します").check()
+        page.get_by_role("button", name="同意する / Accept").click()
+        expect(page.get_by_role("tab", name="チャット / Chat")).to_have_attribute(
+            "aria-selected", "true", timeout=15_000
+        )
+        box = page.get_by_label("メッセージ / Message")
+        box.fill("後から来た人")
+        box.press("Enter")
+        status = page.locator("#chat-status")
+        expect(status).to_contain_text("順番待ち: 1 番目", timeout=15_000)
+        expect(status).to_contain_text("position 1")
+        page.screenshot(path=str(ARTIFACTS / "browser-4-queued.png"), full_page=True)
+
+        held.go.set()
+        assert job.result(timeout=60)
+        expect(page.locator('[data-testid="bot"]').last).not_to_be_empty(timeout=60_000)
+        expect(status).not_to_contain_text("順番待ち", timeout=15_000)
+    finally:
+        held.go.set()
+        app.demo.close()
