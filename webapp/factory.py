@@ -42,13 +42,15 @@ def catalog(settings: Settings) -> Registry:
 
 def _configured(spec: ModelSpec, settings: Settings) -> ModelSpec:
     """``spec`` with its local copy (loaded from its directory like a hub snapshot) or its server."""
+    configured = spec
     if path := settings.model_paths.get(spec.id):
-        spec = dataclasses.replace(spec, source=path, tiny=False)
+        configured = dataclasses.replace(configured, source=path, tiny=False)
     if remote := settings.remote_models.get(spec.id):
+        # A server names a model by its hub id unless told otherwise (vllm serve <repo>).
         base_url = str(remote.base_url).rstrip("/")
         endpoint = Endpoint(base_url=base_url, model=remote.model or spec.source, server=remote.server)
-        spec = dataclasses.replace(spec, endpoint=endpoint)
-    return spec
+        configured = dataclasses.replace(configured, endpoint=endpoint)
+    return configured
 
 
 def _remote_backend(settings: Settings) -> RemoteBackend:
