@@ -19,15 +19,18 @@ class Queued:
 
 
 @dataclass(frozen=True)
-class Downloading:
-    """Fetching a checkpoint's files from the hub."""
-
+class _Bytes:
     done: int
     total: int
 
     @property
     def fraction(self) -> float | None:
         return min(self.done / self.total, 1.0) if self.total else None
+
+
+@dataclass(frozen=True)
+class Downloading(_Bytes):
+    """Fetching a checkpoint's files from the hub."""
 
     def describe(self) -> str:
         sizes = f"{self.done / GB:.1f} / {self.total / GB:.1f} GB"
@@ -35,15 +38,8 @@ class Downloading:
 
 
 @dataclass(frozen=True)
-class Loading:
+class Loading(_Bytes):
     """Reading weights into device memory."""
-
-    done: int
-    total: int
-
-    @property
-    def fraction(self) -> float | None:
-        return min(self.done / self.total, 1.0) if self.total else None
 
     def describe(self) -> str:
         share = f"{self.fraction:.0%}" if self.fraction is not None else "…"
