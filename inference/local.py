@@ -270,7 +270,7 @@ _ZERO_GPU_BACKEND: TransformersBackend | None = None
 ZERO_GPU_START_S = 15
 """Worker start-up, moving the weights onto the GPU, and the prefill."""
 ZERO_GPU_TOKENS_PER_S = 20
-"""A decoding speed every model that fits a ZeroGPU slice beats there."""
+"""A cautious decoding speed for the largest model a slice holds (13b in bf16); not yet measured there."""
 ZERO_GPU_MAX_S = 120
 
 
