@@ -102,3 +102,30 @@ def test_local_paths_replace_hub_repos(tmp_path) -> None:
     assert registry.get("llm-jp-3.1-1.8b-instruct4").source == "llm-jp/llm-jp-3.1-1.8b-instruct4"
     with pytest.raises(ValueError, match="not offered"):
         catalog(Settings(models="tiny", model_paths={"gpt-4": str(tmp_path)}))
+
+
+def test_remote_models_from_settings() -> None:
+    """A remote entry keeps the hub id as the served name, even when its tokenizer is a local directory."""
+    from inference.registry import Server
+
+    moe = "llm-jp-3.1-8x13b-instruct4"
+    settings = Settings(
+        models="real",
+        model_paths={moe: "/models/8x13b-tokenizer"},
+        remote_models={
+            moe: {"base_url": "http://gpu-a:8000/v1/"},
+            "llm-jp-3.1-13b-instruct4": {"base_url": "http://gpu-b:8000/v1", "model": "13b", "server": "transformers"},
+        },
+    )
+    registry = catalog(settings)
+    spec = registry.get(moe)
+    assert spec.source == "/models/8x13b-tokenizer"
+    assert (spec.endpoint.base_url, spec.endpoint.model, spec.endpoint.server) == (
+        "http://gpu-a:8000/v1",
+        "llm-jp/llm-jp-3.1-8x13b-instruct4",
+        Server.VLLM,
+    )
+    assert registry.get("llm-jp-3.1-13b-instruct4").endpoint.server is Server.TRANSFORMERS
+    assert registry.get("llm-jp-3.1-1.8b-instruct4").endpoint is None  # the rest stay local
+    with pytest.raises(ValueError, match="LLMJP_REMOTE_MODELS"):
+        catalog(Settings(models="tiny", remote_models={moe: {"base_url": "http://gpu-a:8000/v1"}}))
