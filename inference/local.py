@@ -193,11 +193,11 @@ class TransformersBackend:
         report: Callable[[Status], None] | None = None,
     ) -> None:
         """Generate a reply to ``messages``, passing each text delta to ``emit``; blocking."""
-        self.load(spec, report)
+        loaded = self.load(spec, report)
         if memory.on_zero_gpu():
             self._generate_on_zero_gpu(spec, messages, options, emit, stop)
         else:
-            self._generate(spec, messages, options, emit, stop)
+            self._generate(loaded, spec, messages, options, emit, stop)
 
     def _generate_on_zero_gpu(
         self,
@@ -225,13 +225,13 @@ class TransformersBackend:
 
     def _generate(
         self,
+        loaded: Loaded,
         spec: ModelSpec,
         messages: Sequence[Message],
         options: SamplingOptions,
         emit: Callable[[str], None],
         stop: threading.Event,
     ) -> None:
-        loaded = self.load(spec)
         tok = loaded.tokenizer
         _, ids, max_new_tokens = prompts.encode(tok, spec.prompt_format, messages, spec.context, options.max_new_tokens)
         input_ids = torch.tensor([ids])
@@ -299,7 +299,8 @@ def generate_on_gpu(spec: ModelSpec, messages: list[Message], options: SamplingO
 
     def run() -> None:
         try:
-            backend._generate(spec, messages, options, deltas.put, stop)
+            # Loaded before the call, in the main process; this one inherited it.
+            backend._generate(backend.load(spec), spec, messages, options, deltas.put, stop)
         except AppError as exc:
             deltas.put(exc)
         finally:

@@ -91,10 +91,12 @@ class RemoteBackend:
         self._tokenizer_source = tokenizer_source or (lambda spec: spec.source)
         self._clients: dict[str, openai.OpenAI] = {}
         self._tokenizers: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        # Separate locks: a first request fetching a tokenizer must not hold up the HTTP clients of others.
+        self._clients_lock = threading.Lock()
+        self._tokenizers_lock = threading.Lock()
 
     def _client(self, endpoint: Endpoint) -> openai.OpenAI:
-        with self._lock:
+        with self._clients_lock:
             if endpoint.base_url not in self._clients:
                 # vLLM without --api-key accepts any key; the client insists on one.
                 key = self._api_keys.get(endpoint.base_url) or "none"
@@ -105,7 +107,7 @@ class RemoteBackend:
 
     def tokenizer(self, spec: ModelSpec) -> Any:
         """The model's own tokenizer (a few MB), to render and measure prompts here."""
-        with self._lock:
+        with self._tokenizers_lock:
             if spec.id not in self._tokenizers:
                 try:
                     self._tokenizers[spec.id] = AutoTokenizer.from_pretrained(
