@@ -46,10 +46,18 @@ class NotAdmin(AppError):
 class InvalidForm(InvalidInput):
     """The acceptance form is incomplete or malformed; nothing was recorded."""
 
+    def __init__(self, ja: str, en: str, *, fields: list[str] | None = None) -> None:
+        super().__init__(ja, en)
+        self.fields = fields or []
+        """The form fields that need attention, by name."""
+
 
 def _to_gr_error(exc: Exception) -> gr.Error:
     if isinstance(exc, AppError):
-        return gr.Error(str(exc), title="エラー / Error")
+        # Expected: a refusal or bad input. One line, naming the kind only (the
+        # message may quote what the visitor typed), and no traceback.
+        log.info("refused: %s", type(exc).__name__)
+        return gr.Error(str(exc), title="エラー / Error", print_exception=False)
     # Anything else is a bug: log it in full, show the visitor no internals.
     log.exception("unexpected error in a handler")
     return gr.Error(
