@@ -105,9 +105,11 @@ class Admin:
 
     def report(self, fmt: str, since: str = "") -> str:
         """The access report as CSV or JSON text."""
-        if fmt not in ("csv", "json"):
+        if not isinstance(fmt, str) or fmt not in ("csv", "json"):
             raise InvalidInput("format は csv か json です。", "format must be csv or json.")
         try:
+            if not isinstance(since, str) or len(since) > 64:
+                raise ValueError(since)
             start = export.parse_since(since) if since else None
         except ValueError:
             raise InvalidInput(
@@ -126,7 +128,9 @@ class Admin:
     ) -> list[dict[str, Any]]:
         """The latest audit events (administrators only)."""
         self.require(profile, admin_token)
-        return self.latest(max(1, min(int(limit), 1000)))
+        if type(limit) is not int or not 1 <= limit <= 1000:
+            raise InvalidInput("limit は 1〜1000 の整数です。", "limit must be a whole number from 1 to 1000.")
+        return self.latest(limit)
 
     def admin_export(
         self,
