@@ -310,3 +310,28 @@ def test_other_origins_are_refused_when_sign_in_is_on(models_dir: Path, tmp_path
         assert httpx.get(config).status_code == 200  # API clients send no Origin
     finally:
         app.demo.close()
+
+
+def test_admin_rights_come_with_each_call_never_from_the_session(
+    public_app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signed-in administrator's session hash, replayed, opens nothing; the page's grant expires."""
+    import itsdangerous
+
+    session = uuid.uuid4().hex
+    headers = {"X-Forwarded-For": "203.0.113.30"}
+    signed_in = call(public_app, "page_admin_sign_in", [ADMIN_TOKEN], session, headers=headers)
+    assert error_of(signed_in) is None
+    grant = signed_in["output"]["data"][0]
+    assert grant and ADMIN_TOKEN not in grant
+    opened = call(public_app, "page_admin_refresh", [grant], session, headers=headers)
+    assert error_of(opened) is None
+    for replay_headers in (headers, {"X-Forwarded-For": "203.0.113.31"}):
+        replay = call(public_app, "page_admin_refresh", [""], session, headers=replay_headers)
+        assert "Only administrators" in (error_of(replay) or "")
+    # A grant from 31 minutes ago is refused; so is one signed with another key.
+    monkeypatch.setattr(itsdangerous.TimestampSigner, "get_timestamp", lambda self: int(time.time()) - 31 * 60)
+    old = call(public_app, "page_admin_sign_in", [ADMIN_TOKEN], session, headers=headers)["output"]["data"][0]
+    monkeypatch.undo()
+    for stale in (old, grant[:-2] + "xx"):
+        assert "Only administrators" in (error_of(call(public_app, "page_admin_refresh", [stale], session)) or "")

@@ -65,6 +65,10 @@ class Caller:
     anon_id: str | None = field(default=None, repr=False)
     """The random id behind an anonymous identity (from the receipt or this session): a credential."""
 
+    def __post_init__(self) -> None:
+        if self.identity is not None and len(self.identity) > IDENTITY_MAX:
+            raise ValueError("identity too long")  # unreachable from requests: both forms are bounded
+
     @property
     def limit_key(self) -> str:
         """Whom per-caller limits count against: the identity, else the client address, else the session."""
