@@ -186,6 +186,7 @@ def test_one_visitor_holds_at_most_two_replies(public_app: RunningApp) -> None:
     deadline = time.monotonic() + 20
     while public_app.backend.active == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
+    time.sleep(2.0)  # the second reaches the server and waits in the lane behind the first (2,048 tokens)
     with pytest.raises(AppError, match="At most 2 replies"):
         client.predict("こんにちは", **CHAT, max_new_tokens=4, api_name="/chat")
     client.predict(receipt=receipt, api_name="/withdraw_consent")  # which also stops both
