@@ -194,6 +194,7 @@ def test_api_documents_both_endpoints(running_app: RunningApp) -> None:
         "/chat",
         "/admin_events",
         "/admin_export",
+        "/admin_erase",
     }
 
 
