@@ -37,8 +37,8 @@ def rows(app: RunningApp) -> list[tuple]:
     path = app.settings.data_dir / "llmjp-demo.sqlite3"
     with sqlite3.connect(path) as conn:
         return conn.execute(
-            "SELECT identity, terms_id, terms_sha256, name, email, affiliation, purpose, created_at, user_agent"
-            " FROM events WHERE kind = 'accepted' ORDER BY seq"
+            "SELECT e.identity, terms_id, terms_sha256, name, email, affiliation, purpose, e.created_at, user_agent"
+            " FROM events e JOIN contacts c ON c.seq = e.seq WHERE kind = 'accepted' ORDER BY e.seq"
         ).fetchall()
 
 
@@ -194,6 +194,7 @@ def test_api_documents_both_endpoints(running_app: RunningApp) -> None:
         "/chat",
         "/admin_events",
         "/admin_export",
+        "/admin_erase",
     }
 
 

@@ -177,9 +177,15 @@ def test_admin_token_opens_the_log(running_app: RunningApp) -> None:
     client = running_app.client()
     client.predict(**(FORM | {"name": "<img src=x onerror=alert(1)>"}), api_name="/accept_terms")
     latest = client.predict(admin_token=ADMIN_TOKEN, limit=5, api_name="/admin_events")
-    assert latest[0]["kind"] == "accepted" and latest[0]["name"] == "<img src=x onerror=alert(1)>"
+    # The view is recorded before it is shown: the newest event is this very access.
+    assert (latest[0]["kind"], latest[0]["identity"]) == ("admin_access", "admin:token")
+    assert "admin_events limit=5" in latest[0]["detail"]
+    assert latest[1]["kind"] == "accepted" and latest[1]["name"] == "<img src=x onerror=alert(1)>"
     report = client.predict(admin_token=ADMIN_TOKEN, format="json", api_name="/admin_export")
     assert '"<img src=x onerror=alert(1)>"' in report
+    with sqlite3.connect(running_app.settings.data_dir / "llmjp-demo.sqlite3") as conn:
+        last = conn.execute("SELECT kind, identity, detail FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+    assert last == ("admin_access", "admin:token", "admin_export format=json since=")
     with pytest.raises(AppError, match="format must be csv or json"):
         client.predict(admin_token=ADMIN_TOKEN, format="xml", api_name="/admin_export")
 

@@ -14,12 +14,14 @@ import gradio as gr
 import pandas as pd
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import audit, export
+from db.engine import DatabaseUnavailable, checkpoint
 from db.models import Event, EventKind
 from inference import InvalidInput
-from webapp.errors import NotAdmin
+from webapp.errors import AuditUnavailable, NotAdmin
 
 EVENT_COLUMNS = ["seq", "time (UTC)", "kind", "identity", "name", "email", "affiliation", "purpose", "detail"]
 
@@ -94,11 +96,8 @@ class Admin:
                 "time (UTC)": e.created_at.isoformat(timespec="seconds"),
                 "kind": e.kind,
                 "identity": e.identity,
-                "name": e.name or "",
-                "email": e.email or "",
-                "affiliation": e.affiliation or "",
-                "purpose": e.purpose or "",
-                "detail": " ".join(x for x in (e.terms_id, e.licence, e.model_id, e.reason) if x),
+                **{k: v for k, v in audit.contact_of(e).items() if k != "user_agent"},
+                "detail": " ".join(x for x in (e.terms_id, e.licence, e.model_id, e.reason, e.detail) if x),
             }
             for e in events
         ]
@@ -130,6 +129,7 @@ class Admin:
         self.require(profile, admin_token)
         if type(limit) is not int or not 1 <= limit <= 1000:
             raise InvalidInput("limit は 1〜1000 の整数です。", "limit must be a whole number from 1 to 1000.")
+        self.record(profile, admin_token, f"admin_events limit={limit}")
         return self.latest(limit)
 
     def admin_export(
@@ -141,6 +141,7 @@ class Admin:
     ) -> str:
         """The access report as CSV or JSON text (administrators only)."""
         self.require(profile, admin_token)
+        self.record(profile, admin_token, f"admin_export format={format} since={since}"[:300])
         return self.report(format, since)
 
     def dashboard(
@@ -152,6 +153,7 @@ class Admin:
         link: it is never written to disk, so no copy is left for others to fetch.
         """
         self.require(profile, credential)
+        self.record(profile, credential, "dashboard: latest events and access report")
         events = pd.DataFrame(self.latest(), columns=EVENT_COLUMNS)
         return self.per_day(), events, download_link(self.report("csv"), "access-report.csv", "text/csv")
 
@@ -162,6 +164,42 @@ class Admin:
         ):
             self.require(profile, None)  # a listed account needs no token
         return self._grants.dumps(self._fingerprint), gr.Tab(visible=True)
+
+    # -- what administrators do, on the record ----------------------------------
+
+    def who(self, profile: gr.OAuthProfile | None, credential: object) -> str:
+        """The administrator as the log names them: their account, else how they proved it."""
+        username = getattr(profile, "username", None) if profile is not None else None
+        if username and username in self.users:
+            return f"hf:{username}"
+        if (
+            self._token
+            and isinstance(credential, str)
+            and hmac.compare_digest(self._token.encode(), credential.encode("utf-8", "replace"))
+        ):
+            return "admin:token"
+        return "admin:grant"
+
+    def record(self, profile: gr.OAuthProfile | None, credential: object, action: str) -> None:
+        """Record an administrator's view or export before showing anything; unrecorded means not shown."""
+        try:
+            with self.sessions.begin() as session:
+                audit.admin_access(session, who=self.who(profile, credential), action=action)
+        except (SQLAlchemyError, DatabaseUnavailable, OSError):
+            raise AuditUnavailable() from None
+
+    def admin_erase(self, admin_token: str = "", identity: str = "", profile: gr.OAuthProfile | None = None) -> str:
+        """Erase one identity's contact fields (administrators only); the erasure is itself an event."""
+        self.require(profile, admin_token)
+        if not isinstance(identity, str) or not identity.strip() or len(identity) > 200:
+            raise InvalidInput("identity を指定してください。", "Give the identity to erase, as the report shows it.")
+        try:
+            with self.sessions.begin() as session:
+                count = audit.erase(session, identity=identity.strip(), by=self.who(profile, admin_token))
+            checkpoint(self.sessions.kw["bind"])
+        except (SQLAlchemyError, DatabaseUnavailable, OSError):
+            raise AuditUnavailable() from None
+        return f"{count} 件の連絡先を消去しました。 / Erased {count} contact record(s)."
 
 
 def download_link(text: str, filename: str, mime: str) -> str:

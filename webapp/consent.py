@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 import time
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import audit
+from db.engine import DatabaseUnavailable, checkpoint, recover
 from db.models import EventKind
 from inference import InvalidInput, ModelSpec
-from webapp.errors import ConsentRequired, InvalidForm, LicenceNotAcknowledged
+from webapp.errors import AuditUnavailable, ConsentRequired, InvalidForm, LicenceNotAcknowledged
 from webapp.identity import Caller, Identities
 from webapp.terms import Terms
 from webapp.text import BIDI_CONTROLS, encodable, visible
 
+log = logging.getLogger(__name__)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 
 _FIELD_NAMES = {
@@ -147,6 +152,9 @@ class _Window:
 REFUSAL_WINDOW_S = 600.0
 # The same acceptance sent again this soon is acknowledged without a new row.
 REPEAT_ACCEPTANCE_S = 600.0
+# With a retention period, old contact fields are erased at start-up and then at most this often.
+RETENTION_SWEEP_S = 3600.0
+_DB_ERRORS = (SQLAlchemyError, DatabaseUnavailable, OSError)
 
 
 class Gate:
@@ -164,6 +172,7 @@ class Gate:
         identities: Identities,
         *,
         on_withdraw: Callable[[str], object] | None = None,
+        retention_days: int | None = None,
     ) -> None:
         self.sessions = sessions
         self.terms = terms
@@ -172,9 +181,39 @@ class Gate:
         self._on_withdraw = on_withdraw
         self._refusals = _Window(REFUSAL_WINDOW_S)
         self._acceptances = _Window(REPEAT_ACCEPTANCE_S)
+        # Withdrawals this process could not record: they lock the chat here all the same.
+        self._withdrawn: set[str] = set()
+        self._withdrawn_lock = threading.Lock()
+        self.retention_days = retention_days
+        self._swept = float("-inf")
+
+    @contextmanager
+    def _database(self, what: str, *, withdrawal: bool = False) -> Iterator[None]:
+        """Turn any database failure into ``AuditUnavailable``: fail closed, and start afresh next time."""
+        try:
+            yield
+        except _DB_ERRORS as exc:
+            # The kind and the driver's first line only: parameters (contact fields) never reach the log.
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0:1]
+            log.error("audit database unavailable while %s: %s %s", what, type(exc).__name__, "".join(reason))
+            recover(self.sessions.kw["bind"])
+            raise AuditUnavailable(withdrawal=withdrawal) from None
+
+    def sweep(self) -> int:
+        """Erase contact fields older than the retention period (when one is set); returns how many."""
+        if self.retention_days is None:
+            return 0
+        self._swept = time.monotonic()
+        with self._database("erasing expired contact fields"), self.sessions.begin() as session:
+            count = audit.erase_older(session, days=self.retention_days)
+        if count:
+            checkpoint(self.sessions.kw["bind"])
+            log.info("retention: erased %d contact record(s) older than %d days", count, self.retention_days)
+        return count
 
     def _meta(self, caller: Caller) -> dict[str, str | None]:
-        return {"user_agent": caller.user_agent, "client_hash": caller.client_hash}
+        # The user agent is kept only with the (erasable) contact fields of an acceptance.
+        return {"client_hash": caller.client_hash}
 
     def accept(self, caller: Caller, form: AcceptanceForm) -> str:
         """Record acceptance of the current terms; returns a receipt for an anonymous caller ('' when signed in)."""
@@ -184,18 +223,27 @@ class Gate:
         if self._acceptances.first(repeat_key) is None and self.has_consent(caller):
             return receipt  # the same acceptance again, moments later: already on record
         try:
-            with self.sessions.begin() as session:
+            with self._database("recording an acceptance"), self.sessions.begin() as session:
                 audit.accept(
                     session,
                     identity=caller.identity,
                     terms_id=self.terms.id,
                     terms_sha256=self._sha256,
                     contact=form.contact(),
+                    user_agent=caller.user_agent,
                     **self._meta(caller),
                 )
         except BaseException:
             self._acceptances.forget(repeat_key)
             raise
+        with self._withdrawn_lock:
+            self._withdrawn.discard(caller.identity)
+        if time.monotonic() - self._swept > RETENTION_SWEEP_S:
+            try:
+                self.sweep()
+            except AuditUnavailable:
+                # The acceptance is recorded; the sweep is logged and tried again on a later one.
+                self._swept = float("-inf")
         return receipt
 
     # Each write transaction starts with its write (audit.append updates the
@@ -204,12 +252,19 @@ class Gate:
 
     def withdraw(self, caller: Caller) -> None:
         """Record that ``caller`` withdraws consent; their chat locks and their replies stop at once."""
-        if caller.identity is None or not self.has_consent(caller):
+        try:
+            held = self.has_consent(caller)
+        except AuditUnavailable:
+            held = True  # unknown: lock all the same, and try to record it
+        if caller.identity is None or not held:
             raise InvalidInput("撤回できる同意がありません。", "There is no consent to withdraw.")
-        with self.sessions.begin() as session:
-            audit.append(session, kind=EventKind.WITHDRAWN, identity=caller.identity, **self._meta(caller))
+        # Locked here first, so a withdrawal that cannot be recorded still takes effect in this process.
+        with self._withdrawn_lock:
+            self._withdrawn.add(caller.identity)
         if self._on_withdraw is not None:
             self._on_withdraw(caller.identity)
+        with self._database("recording a withdrawal", withdrawal=True), self.sessions.begin() as session:
+            audit.append(session, kind=EventKind.WITHDRAWN, identity=caller.identity, **self._meta(caller))
 
     def acknowledge(self, caller: Caller, spec: ModelSpec) -> None:
         """Record ``caller``'s acknowledgement of ``spec``'s licence, once per identity and licence."""
@@ -217,7 +272,7 @@ class Gate:
         assert caller.identity is not None
         licence = spec.license.name
         if not self.has_acknowledged(caller, spec):
-            with self.sessions.begin() as session:
+            with self._database("recording an acknowledgement"), self.sessions.begin() as session:
                 audit.append(
                     session,
                     kind=EventKind.LICENCE_ACKNOWLEDGED,
@@ -229,9 +284,9 @@ class Gate:
 
     def has_consent(self, caller: Caller) -> bool:
         """Whether ``caller`` holds an acceptance of the current terms."""
-        if caller.identity is None:
+        if caller.identity is None or caller.identity in self._withdrawn:
             return False
-        with self.sessions() as session:
+        with self._database("reading consent"), self.sessions() as session:
             return audit.has_consent(
                 session, identity=caller.identity, terms_id=self.terms.id, terms_sha256=self._sha256
             )
@@ -242,7 +297,7 @@ class Gate:
             return True
         if caller.identity is None:
             return False
-        with self.sessions() as session:
+        with self._database("reading acknowledgements"), self.sessions() as session:
             return audit.has_acknowledged(session, identity=caller.identity, licence=spec.license.name)
 
     def require_consent(self, caller: Caller) -> None:
@@ -263,10 +318,11 @@ class Gate:
         repeats = self._refusals.first((caller.limit_key, reason))
         if repeats is None:
             return  # already on record in this window; counted into the next one
-        with self.sessions.begin() as session:
+        with self._database("recording a refusal"), self.sessions.begin() as session:
             audit.append(
                 session,
                 kind=EventKind.REFUSED,
+                repeats=repeats,
                 # Refused callers often have no identity yet: their address hash stands for them.
                 identity=caller.identity or "anon:-",
                 model_id=spec.id,

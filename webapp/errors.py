@@ -43,6 +43,24 @@ class NotAdmin(AppError):
         super().__init__("管理者のみが利用できます。", "Only administrators may do this.")
 
 
+class AuditUnavailable(AppError):
+    """The audit database cannot be read or written just now; nothing was recorded, the chat stays locked."""
+
+    def __init__(self, *, withdrawal: bool = False) -> None:
+        if withdrawal:
+            super().__init__(
+                "撤回を記録できませんでした。このサーバーではチャットをロックしました。"
+                "しばらくしてからもう一度撤回してください。",
+                "Your withdrawal could not be recorded. The chat is locked on this server;"
+                " please withdraw again later so that it is recorded.",
+            )
+        else:
+            super().__init__(
+                "記録できませんでした。しばらくしてからもう一度お試しください(それまでチャットはロックされます)。",
+                "Could not record this. Please try again later (the chat stays locked until then).",
+            )
+
+
 class InvalidForm(InvalidInput):
     """The acceptance form is incomplete or malformed; nothing was recorded."""
 

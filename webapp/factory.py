@@ -78,7 +78,8 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
     tokens); ``terms`` replaces the shipped terms (tests change the text).
     """
     engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    keys = settings.audit_keyring()
+    upgrade(engine, keys=keys)
     registry = catalog(settings)
     backend = backend or TransformersBackend(
         models_dir=settings.models_dir,
@@ -87,14 +88,18 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
         offline=settings.offline,
     )
     secret = settings.server_secret()
-    sessions = session_factory(engine)
+    sessions = session_factory(engine, keys)
     identities = Identities(
         Receipts(secret, max_age_days=settings.receipt_days), secret, trusted_proxies=settings.trusted_proxies
     )
     terms = terms or Terms.load()
     in_flight = InFlight(per_identity=settings.max_replies_per_identity, per_address=settings.max_replies_per_address)
+    gate = Gate(
+        sessions, terms, identities, on_withdraw=in_flight.cancel, retention_days=settings.contact_retention_days
+    )
+    gate.sweep()
     handlers = Handlers(
-        gate=Gate(sessions, terms, identities, on_withdraw=in_flight.cancel),
+        gate=gate,
         inference=Inference(
             registry,
             backend,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from pathlib import Path
@@ -10,6 +12,7 @@ from pydantic import AliasChoices, AnyHttpUrl, BaseModel, ConfigDict, Field, Sec
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from db.chain import Keyring
 from inference import hub
 from inference.registry import Server
 from webapp.ratelimit import valid_rate
@@ -73,6 +76,18 @@ class Settings(BaseSettings):
     )
     admin_users: str = Field("", description="Comma-separated Hugging Face usernames allowed the Admin tab.")
     admin_token: SecretStr | None = Field(None, description="Token that grants the admin endpoints.")
+    audit_key: SecretStr | None = Field(
+        None,
+        description="Signs the audit chain (HMAC-SHA256); derived from the server secret when unset. Keep it "
+        "out of the database and its backups.",
+    )
+    audit_old_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description='Retired audit keys, as JSON ["old-key", ...]: events signed before a rotation still verify.',
+    )
+    contact_retention_days: int | None = Field(
+        None, ge=1, description="Erase contact fields older than this many days; unset keeps them."
+    )
     hub_offline: bool = Field(False, validation_alias=AliasChoices("HF_HUB_OFFLINE", "LLMJP_HUB_OFFLINE"))
     admin_grant_minutes: int = Field(
         30, ge=1, le=24 * 60, description="How long the page's admin sign-in lasts before the token is asked again."
@@ -156,6 +171,15 @@ class Settings(BaseSettings):
         if len(value) < 32:
             raise RuntimeError(f"{path} is too short to be a secret; delete it to have a new one made")
         return value.encode()
+
+    def audit_keyring(self) -> Keyring:
+        """The key that signs new audit events, and the retired ones that still verify old events."""
+        current = (
+            self.audit_key.get_secret_value().encode()
+            if self.audit_key
+            else hmac.new(self.server_secret(), b"llmjp-demo/audit-key", hashlib.sha256).digest()
+        )
+        return Keyring.of(current, (k.get_secret_value().encode() for k in self.audit_old_keys))
 
     @property
     def token(self) -> str | None:

@@ -12,6 +12,7 @@ from starlette.middleware import Middleware
 
 from inference import Registry, SamplingOptions
 from inference.sampling import bounds
+from webapp import privacy
 from webapp.admin import EVENT_COLUMNS, Admin
 from webapp.errors import user_errors
 from webapp.guard import Guard
@@ -194,6 +195,7 @@ def build(*, handlers: Handlers, admin: Admin, terms: Terms, registry: Registry,
         with gr.Tabs(selected="terms") as tabs:
             with gr.Tab("利用規約 / Terms", id="terms"):
                 form = _render_terms(terms)
+                privacy.render(handlers.gate.retention_days)
                 with gr.Accordion("管理者 / Administrators", open=False):
                     token_box = gr.Textbox(label="管理者トークン / Admin token", type="password", max_lines=1)
                     sign_in = gr.Button("管理者として開く / Open the Admin tab", size="sm")
@@ -291,3 +293,4 @@ def _wire(demo: gr.Blocks, page: _Page, handlers: Handlers, admin: Admin) -> Non
     admin_tab.select(user_errors(admin.dashboard), admin_grant, dashboard, api_name="page_admin_select", **private)
     gr.api(user_errors(admin.admin_events), api_name="admin_events")
     gr.api(user_errors(admin.admin_export), api_name="admin_export")
+    gr.api(user_errors(admin.admin_erase), api_name="admin_erase")
