@@ -85,20 +85,35 @@ def _byte_progress(report: Callable[[int, int], None]) -> type:
     return _Bytes
 
 
-def download(repo_id: str, *, token: str | None, report: Callable[[int, int], None]) -> str:
+def download(
+    repo_id: str,
+    *,
+    token: str | None,
+    report: Callable[[int, int], None],
+    revision: str | None = None,
+    offline: bool = False,
+) -> str:
     """Fetch what ``from_pretrained`` reads (config, tokenizer, one set of weights) into the hub cache.
 
     ``report(done, total)`` hears the bytes written so far. Returns the local
-    snapshot directory. Files already cached are not fetched again.
+    snapshot directory, which is named by the commit. Files already cached
+    are not fetched again; ``offline``, only the cache is looked at.
     """
     from huggingface_hub import HfApi, snapshot_download
 
-    files = HfApi(endpoint=endpoint()).list_repo_files(repo_id, token=token)
+    if offline:
+        return snapshot_download(repo_id, revision=revision, local_files_only=True)
+    files = HfApi(endpoint=endpoint()).list_repo_files(repo_id, token=token, revision=revision)
     top = [f for f in files if "/" not in f]
     # Prefer safetensors; older checkpoints publish only PyTorch pickles.
     weights = [f for f in top if f.endswith(".safetensors")] or [f for f in top if f.endswith(".bin")]
     weights += [f for f in top if f.endswith((".safetensors.index.json", ".bin.index.json"))]
     allow = ["*.json", "*.model", "*.txt", "*.tiktoken", *weights]
     return snapshot_download(
-        repo_id, token=token, allow_patterns=allow, endpoint=endpoint(), tqdm_class=_byte_progress(report)
+        repo_id,
+        revision=revision,
+        token=token,
+        allow_patterns=allow,
+        endpoint=endpoint(),
+        tqdm_class=_byte_progress(report),
     )

@@ -111,16 +111,38 @@ def watch_growth(expected: int, report: Callable[[int, int], None], every: float
     report(expected, expected)
 
 
-def refuse(model_label: str, required: Need, free: int) -> ModelUnavailable:
-    """The message for a model that does not fit: what it needs, what is free, what to do."""
+def refuse(model_label: str, required: Need, free: int, busy: list[str] | None = None) -> ModelUnavailable:
+    """The message for a model that does not fit: what it needs, what is free, what to do.
+
+    ``busy`` names loaded models that are in use, and so were not unloaded to make room.
+    """
     numbers = (
         f"{required.total / GB:.1f} GB (weights {required.weights / GB:.1f} GB, KV cache "
         f"{required.kv_cache / GB:.1f} GB, plus headroom); {free / GB:.1f} GB free"
     )
+    if busy:
+        names = ", ".join(busy)
+        return ModelUnavailable(
+            f"{model_label} は今は載りません: 必要 {numbers}。使用中のモデル({names})は外せません。"
+            "しばらくしてからもう一度お試しください。",
+            f"{model_label} does not fit now: it needs {numbers}, and the models in use ({names}) "
+            "are not unloaded while visitors use them. Please try again shortly.",
+        )
     device = "GPU" if torch.cuda.is_available() else "RAM"
     return ModelUnavailable(
         f"{model_label} はこの{device}に載りません: 必要 {numbers}。"
         "より小さいモデルを選ぶか、このモデルを vLLM サーバーで動かして接続してください(README)。",
         f"{model_label} does not fit this machine's {device}: it needs {numbers}. "
         "Choose a smaller model, or serve this one with vLLM and point the demo at it (README).",
+    )
+
+
+def refuse_busy(model_label: str, max_loaded: int, busy: list[str]) -> ModelUnavailable:
+    """The message when every model slot holds a model in use."""
+    names = ", ".join(busy)
+    return ModelUnavailable(
+        f"{model_label} を今は読み込めません: 同時に読み込めるモデル {max_loaded} 個がすべて使用中です({names})。"
+        "しばらくしてからもう一度お試しください。",
+        f"{model_label} cannot be loaded now: all {max_loaded} model slots hold models in use ({names}). "
+        "Please try again shortly.",
     )

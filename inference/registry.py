@@ -110,6 +110,8 @@ class ModelSpec:
     instruct: bool = True
     endpoint: Endpoint | None = None
     """Set when the model runs on a remote server instead of this machine."""
+    revision: str | None = None
+    """The hub commit (or branch, or tag) to load; the newest on the main branch when unset."""
 
 
 _LLMJP3_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, repetition_penalty=1.05, max_new_tokens=100)

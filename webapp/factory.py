@@ -84,6 +84,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
         hf_token=settings.token,
         max_loaded=settings.max_loaded_models,
         offline=settings.offline,
+        max_batch=settings.max_batch,
     )
     secret = settings.server_secret()
     sessions = session_factory(engine)
@@ -96,6 +97,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
             backend,
             remote=_remote_backend(settings),
             max_queue=settings.max_queue,
+            max_batch=settings.max_batch,
             remote_concurrency=settings.remote_concurrency,
         ),
         max_message_chars=settings.max_message_chars,

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     )
     max_message_chars: int = Field(4000, ge=1, description="Longest accepted chat message, in characters.")
     max_loaded_models: int = Field(1, ge=1, description="Models kept in memory at once.")
+    max_batch: int = Field(
+        8, ge=1, le=256, description="Requests to one loaded model generated together (batched); 1 turns batching off."
+    )
     max_queue: int = Field(
         16, ge=0, le=10_000, description="Requests that may wait per model server; more are told it is busy."
     )
