@@ -92,14 +92,17 @@ class TransformersBackend:
         models_dir: Path,
         hf_token: str | None = None,
         max_loaded: int = 1,
-        offline: bool = False,
+        offline: bool | Callable[[], bool] = False,
         max_batch: int = 8,
+        hub_cache: Path | None = None,
     ) -> None:
         self.models_dir = models_dir
         self._token = hf_token
-        # Offline, only the local cache is looked at: failing at once beats
-        # the hub client's retries against a network that is not there.
-        self._offline = offline
+        # Offline, only the local caches are looked at: failing at once beats
+        # the hub client's retries against a network that is not there. A
+        # callable is asked each time (the hub may come back).
+        self._offline = offline if callable(offline) else (lambda: offline)
+        self._hub_cache = str(hub_cache) if hub_cache else None
         self._max_loaded = max_loaded
         self.max_batch = max_batch
         self._slots: dict[str, _Slot] = {}
@@ -127,9 +130,14 @@ class TransformersBackend:
         """Memory ``spec`` needs here, from its config alone (a few kB from the hub)."""
         if spec.id not in self._needs:
             try:
-                config = AutoConfig.from_pretrained(
-                    self._source(spec), token=self._token, local_files_only=self._offline, revision=spec.revision
-                )
+                source = self._source(spec)
+                if not Path(source).is_dir():
+                    # The config alone, to size the model before committing to a download.
+                    source = hub.config_only(
+                        str(source), token=self._token, revision=spec.revision, offline=self._offline(),
+                        cache_dir=self._hub_cache,
+                    )  # fmt: skip
+                config = AutoConfig.from_pretrained(source)
             except (OSError, ValueError) as exc:
                 raise hub.explain(spec, exc) from exc
             self._needs[spec.id] = memory.need(config, self._dtype(spec), spec.context)
@@ -223,7 +231,6 @@ class TransformersBackend:
         log.info("loading %s from %s (%s, %s)", spec.id, source, dtype, attention_implementation())
         revision = spec.revision
         try:
-            hub_options = {"token": self._token, "local_files_only": self._offline}
             if not Path(source).is_dir():
                 # Fetched first, on its own, so the visitor sees the bytes arrive;
                 # offline, the cached snapshot of the pinned revision is found.
@@ -231,18 +238,18 @@ class TransformersBackend:
                     str(source),
                     token=self._token,
                     revision=spec.revision,
-                    offline=self._offline,
+                    offline=self._offline(),
+                    cache_dir=self._hub_cache,
                     report=lambda done, total: report(Downloading(done, total)),
                 )
                 revision = Path(source).name  # the snapshot directory is named by its commit
-            tokenizer = AutoTokenizer.from_pretrained(source, **hub_options)
+            tokenizer = AutoTokenizer.from_pretrained(source)
             with memory.watch_growth(required.weights, lambda done, total: report(Loading(done, total))):
                 model = AutoModelForCausalLM.from_pretrained(
                     source,
                     dtype=dtype,
                     device_map="auto",
                     attn_implementation=attention_implementation(),
-                    **hub_options,
                 )
         except torch.OutOfMemoryError:
             self._free()

@@ -14,6 +14,7 @@ import gradio as gr
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from inference import Inference, InvalidInput, Message, ModelSpec, SamplingOptions
+from inference.progress import Finished
 from webapp.consent import AcceptanceForm, Gate
 from webapp.identity import Caller
 
@@ -216,6 +217,8 @@ class Handlers:
             if isinstance(item, str):
                 reply += item
                 yield [*shown, {"role": "assistant", "content": reply}], "", ""
+            elif isinstance(item, Finished):  # the reply stays; the status line says what made it
+                yield [*shown, {"role": "assistant", "content": reply}], "", item.describe()
             else:
                 yield shown, "", item.describe()
 
