@@ -82,6 +82,14 @@ class Reachability:
             return self._ok
 
 
+def needs_token(spec: ModelSpec) -> ModelUnavailable:
+    """The message for a gated repository asked for without an approved account's token."""
+    return ModelUnavailable(
+        f"{spec.source} は承認制のリポジトリです。利用が承認されたアカウントのトークンを HF_TOKEN に設定してください。",
+        f"{spec.source} is gated: set HF_TOKEN to a token of an account whose access was approved.",
+    )
+
+
 def explain(spec: ModelSpec, exc: BaseException) -> ModelUnavailable:
     """A visitor-facing explanation of why ``spec`` could not be loaded."""
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
@@ -92,10 +100,7 @@ def explain(spec: ModelSpec, exc: BaseException) -> ModelUnavailable:
         cause = cause.__cause__ or cause.__context__
     exc = cause or exc
     if isinstance(exc, GatedRepoError):
-        return ModelUnavailable(
-            f"{spec.source} は承認制のリポジトリです。利用が承認されたアカウントのトークンを HF_TOKEN に設定してください。",
-            f"{spec.source} is gated: set HF_TOKEN to a token of an account whose access was approved.",
-        )
+        return needs_token(spec)
     if isinstance(exc, RepositoryNotFoundError):
         return ModelUnavailable(
             f"リポジトリ {spec.source} が見つかりません(名前か HF_TOKEN を確認してください)。",

@@ -132,11 +132,18 @@ class TransformersBackend:
             try:
                 source = self._source(spec)
                 if not Path(source).is_dir():
-                    # The config alone, to size the model before committing to a download.
-                    source = hub.config_only(
-                        str(source), token=self._token, revision=spec.revision, offline=self._offline(),
-                        cache_dir=self._hub_cache,
-                    )  # fmt: skip
+                    # Without a token the hub refuses a gated repository: only a cached copy can serve.
+                    refused = spec.gated and not self._token
+                    try:
+                        # The config alone, to size the model before committing to a download.
+                        source = hub.config_only(
+                            str(source), token=self._token, revision=spec.revision,
+                            offline=refused or self._offline(), cache_dir=self._hub_cache,
+                        )  # fmt: skip
+                    except OSError:
+                        if refused:
+                            raise hub.needs_token(spec) from None
+                        raise
                 config = AutoConfig.from_pretrained(source)
             except (OSError, ValueError) as exc:
                 raise hub.explain(spec, exc) from exc

@@ -122,3 +122,12 @@ def test_a_download_neither_blocks_loaded_models_nor_hides_its_progress(slow_hub
         assert (
             isinstance(items[-1][1], Finished) and items[-1][1].revision == "0123456789abcdef0123456789abcdef01234567"
         )
+
+
+def test_a_gated_model_without_a_token_is_explained_before_the_hub_is_asked(models_dir: Path) -> None:
+    from inference import CHECKPOINTS
+
+    gated = next(s for s in CHECKPOINTS if s.gated)
+    backend = TransformersBackend(models_dir=models_dir, offline=lambda: pytest.fail("the hub was asked"))
+    with pytest.raises(ModelUnavailable, match=r"承認制.*HF_TOKEN.*gated"):
+        backend.need(gated)

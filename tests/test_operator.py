@@ -91,7 +91,7 @@ def test_the_page_is_served_before_torch_is_imported_and_preloads_follow(tmp_pat
 import sys, time, urllib.request
 from webapp.factory import create_app
 from webapp.settings import Settings
-demo = create_app(Settings(models="tiny", preload="tiny-gpt2"))
+demo = create_app(Settings(models="tiny", preload="tiny-gpt2", warm_up_s=8))
 _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
 assert urllib.request.urlopen(url).status == 200
 print("served", "torch" in sys.modules, "transformers" in sys.modules, flush=True)
@@ -130,5 +130,5 @@ def test_front_matter_matches_the_registry() -> None:
     assert data.suggested_hardware in {h.value for h in SpaceHardware}
     assert data.suggested_hardware == "zero-a10g"
     by_source = {s.source: s for s in CHECKPOINTS}
-    assert all(by_source[r].endpoint is None and by_source[r].weights_gb < 70 for r in repos)
+    assert all(by_source[r].endpoint is None and by_source[r].weights_bytes < 70e9 for r in repos)
     assert data.suggested_storage in {s.value for s in SpaceStorage}

@@ -97,10 +97,6 @@ def _remote_backend(settings: Settings) -> Backend:
     )
 
 
-# Long enough for the server to start answering before the imports compete with it for the CPU.
-WARM_UP_AFTER_S = 2.0
-
-
 def _local_backend(settings: Settings, reachable: hub.Reachability) -> Backend:
     from inference.local import TransformersBackend
 
@@ -141,7 +137,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
         local = Deferred(lambda: _local_backend(settings, reachable), name="local backend")
         preload = [registry.get(i) for i in settings.preload_ids]
         # The page is served first; torch and transformers are imported a moment later, in the background.
-        local.warm_up(WARM_UP_AFTER_S, then=lambda b: _preload(b, preload))
+        local.warm_up(settings.warm_up_s, then=lambda b: _preload(b, preload))
         backend = local
     secret = settings.server_secret()
     sessions = session_factory(engine)

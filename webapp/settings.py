@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         "'all', or a comma-separated list of model ids to offer.",
     )
     preload: str = Field("", description="Comma-separated model ids loaded at start-up, in the background.")
+    warm_up_s: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="Seconds after start-up before torch and transformers are imported and preloads begin "
+        "(the page is served without them).",
+    )
     revisions: dict[str, str] = Field(
         default_factory=dict,
         description='Hub revisions (commits) to load, as JSON: {"llm-jp-3.1-1.8b-instruct4": "<commit>"}.',
