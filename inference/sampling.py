@@ -37,6 +37,12 @@ class SamplingOptions(BaseModel):
     max_new_tokens: int = Field(
         100, ge=1, le=MAX_NEW_TOKENS, description="Upper bound on the number of tokens generated."
     )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**32 - 1,
+        description="Seeds the sampler so the same request gives the same reply; None draws afresh.",
+    )
 
     @classmethod
     def parse(cls, **values: Any) -> SamplingOptions:

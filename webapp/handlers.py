@@ -14,7 +14,7 @@ import gradio as gr
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from inference import AppError, Inference, InvalidInput, Message, ModelSpec, SamplingOptions
-from inference.progress import Status
+from inference.progress import Finished, Status
 from webapp.consent import AcceptanceForm, Gate
 from webapp.identity import Caller
 from webapp.ratelimit import InFlight, RateLimits
@@ -288,6 +288,8 @@ class Handlers:
             elif isinstance(item, str):
                 reply += item
                 yield [*shown, {"role": "assistant", "content": reply}], "", ""
+            elif isinstance(item, Finished):  # the reply stays; the status line says what made it
+                yield [*shown, {"role": "assistant", "content": reply}], "", item.describe()
             else:
                 yield shown, "", item.describe()
 
