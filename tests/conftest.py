@@ -116,6 +116,7 @@ GENEROUS_LIMITS = {
     "rate_chat_address": "10000/minute",
     "rate_consent": "10000/minute",
     "rate_consent_address": "10000/minute",
+    "rate_new_identity_address": "10000/minute",
     "max_replies_per_address": 1000,
 }
 

@@ -344,3 +344,21 @@ def test_admin_rights_come_with_each_call_never_from_the_session(
     monkeypatch.undo()
     for stale in (old, grant[:-2] + "xx"):
         assert "Only administrators" in (error_of(call(public_app, "page_admin_refresh", [stale], session)) or "")
+
+
+def test_one_address_makes_few_new_identities(models_dir: Path, tmp_path: Path) -> None:
+    """Each first acceptance is a row that stays: fresh sessions from one address are counted."""
+    limits = GENEROUS_LIMITS | {"rate_new_identity_address": "3/hour"}
+    settings = Settings(data_dir=tmp_path / "ids", models="tiny", hub_offline=True, trusted_proxies=1, **limits)
+    app = launch(settings, models_dir)
+    try:
+        receipts = [
+            visitor(app, "198.51.100.9").predict(**FORM, agree=True, api_name="/accept_terms")[1] for _ in range(3)
+        ]
+        with pytest.raises(AppError, match="Too many requests"):
+            visitor(app, "198.51.100.9").predict(**FORM, agree=True, api_name="/accept_terms")
+        # Returning visitors, and other addresses, are not new identities from this one.
+        visitor(app, "198.51.100.9").predict(**FORM, agree=True, receipt=receipts[0], api_name="/accept_terms")
+        visitor(app, "198.51.100.10").predict(**FORM, agree=True, api_name="/accept_terms")
+    finally:
+        app.demo.close()

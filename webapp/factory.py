@@ -167,6 +167,8 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
             {
                 "chat": Rates(settings.rate_chat, settings.rate_chat_address),
                 "consent": Rates(settings.rate_consent, settings.rate_consent_address),
+                # Each first acceptance adds a row that stays: new identities are counted per address too.
+                "new_identity": Rates("", settings.rate_new_identity_address),
             }
         ),
         in_flight=in_flight,

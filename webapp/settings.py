@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     rate_chat_address: str = Field("60/minute", description="Chat requests per client address.")
     rate_consent: str = Field("10/minute", description="Acceptances, withdrawals and acknowledgements per caller.")
     rate_consent_address: str = Field("30/minute", description="The same per client address.")
+    rate_new_identity_address: str = Field(
+        "60/hour", description="New anonymous identities (first acceptances) per client address."
+    )
     max_replies_per_identity: int = Field(
         2, ge=1, le=64, description="Replies one caller may have waiting or running at once."
     )
@@ -157,7 +160,9 @@ class Settings(BaseSettings):
     )
     max_file_size: str = Field("1mb", description="Largest upload Gradio accepts (the app itself takes none).")
 
-    @field_validator("rate_chat", "rate_chat_address", "rate_consent", "rate_consent_address")
+    @field_validator(
+        "rate_chat", "rate_chat_address", "rate_consent", "rate_consent_address", "rate_new_identity_address"
+    )
     @classmethod
     def _rate(cls, value: str) -> str:
         try:
