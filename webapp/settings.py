@@ -153,11 +153,16 @@ class Settings(BaseSettings):
         """Hugging Face usernames with access to the Admin tab."""
         return frozenset(u.strip() for u in self.admin_users.split(",") if u.strip())
 
-    def server_secret(self) -> bytes:
-        """The server's secret: from settings, else kept in ``data_dir/secret_key`` (created once, mode 0600)."""
+    def server_secret(self, *, create: bool = True) -> bytes:
+        """The server's secret: from settings, else kept in ``data_dir/secret_key`` (created once, mode 0600).
+
+        ``create=False`` (checking tools) raises ``FileNotFoundError`` rather than make a new one.
+        """
         if self.secret_key:
             return self.secret_key.get_secret_value().encode()
         path = self.data_dir / "secret_key"
+        if not create and not path.is_file():
+            raise FileNotFoundError(f"no server secret at {path} (and LLMJP_SECRET_KEY is unset)")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             # O_EXCL: when several replicas start at once, exactly one writes it.
@@ -172,12 +177,15 @@ class Settings(BaseSettings):
             raise RuntimeError(f"{path} is too short to be a secret; delete it to have a new one made")
         return value.encode()
 
-    def audit_keyring(self) -> Keyring:
-        """The key that signs new audit events, and the retired ones that still verify old events."""
+    def audit_keyring(self, *, create: bool = True) -> Keyring:
+        """The key that signs new audit events, and the retired ones that still verify old events.
+
+        ``LLMJP_AUDIT_KEY``, else HMAC-SHA256(server secret, "llmjp-demo/audit-key").
+        """
         current = (
             self.audit_key.get_secret_value().encode()
             if self.audit_key
-            else hmac.new(self.server_secret(), b"llmjp-demo/audit-key", hashlib.sha256).digest()
+            else hmac.new(self.server_secret(create=create), b"llmjp-demo/audit-key", hashlib.sha256).digest()
         )
         return Keyring.of(current, (k.get_secret_value().encode() for k in self.audit_old_keys))
 
