@@ -57,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot check: {where} cannot be opened ({type(exc).__name__}: {_first_line(exc)})", file=sys.stderr)
         return CANNOT_CHECK
     try:
+        if args.command != "upgrade" and "audit_head" not in inspect(engine).get_table_names():
+            print(f"cannot check: {where} holds no audit log (run 'python -m db upgrade')", file=sys.stderr)
+            return CANNOT_CHECK
+    except SQLAlchemyError as exc:
+        print(f"cannot check: {where} cannot be opened ({type(exc).__name__}: {_first_line(exc)})", file=sys.stderr)
+        return CANNOT_CHECK
+    try:
         # Checking makes nothing: no database, and no new secret (a new key would fail every event anyway).
         keys = settings.audit_keyring(create=writes)
     except OSError as exc:
@@ -67,9 +74,6 @@ def main(argv: list[str] | None = None) -> int:
             upgrade(engine, keys=keys)
             print(f"schema is up to date ({where})")
             return 0
-        if "audit_head" not in inspect(engine).get_table_names():
-            print(f"cannot check: {where} holds no audit log (run 'python -m db upgrade')", file=sys.stderr)
-            return CANNOT_CHECK
         sessions = session_factory(engine, keys)
         if args.command == "verify":
             return _verify(sessions, keys, args.anchor)

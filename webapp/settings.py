@@ -15,7 +15,6 @@ from sqlalchemy.engine import make_url
 from db.chain import Keyring
 from inference import hub
 from inference.registry import Server
-from webapp.ratelimit import valid_rate
 
 # Hugging Face Spaces mounts persistent storage here when it is enabled.
 SPACES_PERSISTENT_DIR = Path("/data")
@@ -116,6 +115,9 @@ class Settings(BaseSettings):
     @field_validator("rate_chat", "rate_chat_address", "rate_consent", "rate_consent_address")
     @classmethod
     def _rate(cls, value: str) -> str:
+        # Imported here: ratelimit pulls in Gradio, which the database CLI must start without.
+        from webapp.ratelimit import valid_rate
+
         try:
             return valid_rate(value)
         except ValueError as exc:
