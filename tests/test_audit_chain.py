@@ -262,7 +262,7 @@ def _append_0002(engine: Engine, kind: str, identity: str, **fields: object) -> 
     with engine.begin() as conn:
         seq, prev = conn.execute(text("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")).one()
         at = datetime(2026, 11, 20, 9, seq, tzinfo=UTC)
-        row = dict.fromkeys(LEGACY_FIELDS) | fields | {"seq": seq, "kind": kind, "identity": identity,
+        row = dict.fromkeys(f for f in LEGACY_FIELDS if f != "created_at") | fields | {"seq": seq, "kind": kind, "identity": identity,
                                                         "prev_hash": prev}  # fmt: skip
         digest = legacy_hash(row | {"created_at": iso(at)})
         cols = ", ".join(row) + ", created_at, hash"
