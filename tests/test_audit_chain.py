@@ -310,3 +310,24 @@ def test_a_broken_0002_log_is_not_resealed(database_url: str) -> None:
     with engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
     engine.dispose()
+
+
+def test_a_retired_derived_key_is_listed_as_text(tmp_path: Path) -> None:
+    """Rotating away from the key derived from the server secret, as the README says."""
+    import hashlib
+    import hmac
+
+    from webapp.settings import Settings
+
+    old = Settings(data_dir=tmp_path, secret_key="first-server-secret-0123456789abcdef")
+    derived = hmac.new(b"first-server-secret-0123456789abcdef", b"llmjp-demo/audit-key", hashlib.sha256).hexdigest()
+    new = Settings(data_dir=tmp_path, secret_key="second-server-secret-0123456789abcdef", audit_old_keys=[derived])
+    engine = make_engine(f"sqlite:///{tmp_path / 'a.sqlite3'}")
+    upgrade(engine, keys=old.audit_keyring())
+    with session_factory(engine, old.audit_keyring()).begin() as s:
+        audit.append(s, kind=EventKind.WITHDRAWN, identity="anon:a")
+    with session_factory(engine, new.audit_keyring()).begin() as s:
+        audit.append(s, kind=EventKind.WITHDRAWN, identity="anon:b")
+    with session_factory(engine, new.audit_keyring())() as s:
+        assert audit.verify(s).ok
+    engine.dispose()

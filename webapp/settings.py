@@ -182,12 +182,15 @@ class Settings(BaseSettings):
     def audit_keyring(self, *, create: bool = True) -> Keyring:
         """The key that signs new audit events, and the retired ones that still verify old events.
 
-        ``LLMJP_AUDIT_KEY``, else HMAC-SHA256(server secret, "llmjp-demo/audit-key").
+        ``LLMJP_AUDIT_KEY``, else the hex HMAC-SHA256(server secret, "llmjp-demo/audit-key").
         """
         current = (
             self.audit_key.get_secret_value().encode()
             if self.audit_key
-            else hmac.new(self.server_secret(create=create), b"llmjp-demo/audit-key", hashlib.sha256).digest()
+            # Hex text, so that a retired derived key can be listed in LLMJP_AUDIT_OLD_KEYS as it is.
+            else hmac.new(self.server_secret(create=create), b"llmjp-demo/audit-key", hashlib.sha256)
+            .hexdigest()
+            .encode()
         )
         return Keyring.of(current, (k.get_secret_value().encode() for k in self.audit_old_keys))
 
