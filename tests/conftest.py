@@ -66,7 +66,10 @@ class CountingBackend:
         self.active = 0
         self._lock = threading.Lock()
 
-    def generate(self, spec, messages: Sequence, options, emit: Callable[[str], None], stop, **kwargs) -> None:
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)  # prepare, release, is_loaded ...
+
+    def generate(self, spec, messages: Sequence, options, emit: Callable[[str], None], stop, **kwargs) -> object:
         with self._lock:
             self.calls += 1
             self.active += 1
@@ -77,7 +80,7 @@ class CountingBackend:
             emit(text)
 
         try:
-            self.inner.generate(spec, messages, options, counted, stop, **kwargs)  # type: ignore[attr-defined]
+            return self.inner.generate(spec, messages, options, counted, stop, **kwargs)  # type: ignore[attr-defined]
         finally:
             with self._lock:
                 self.active -= 1

@@ -22,6 +22,7 @@ from db.engine import DatabaseUnavailable, checkpoint
 from db.models import Event, EventKind
 from inference import InvalidInput
 from webapp.errors import AuditUnavailable, NotAdmin
+from webapp.identity import IDENTITY
 
 EVENT_COLUMNS = ["seq", "time (UTC)", "kind", "identity", "name", "email", "affiliation", "purpose", "detail"]
 
@@ -104,14 +105,7 @@ class Admin:
 
     def report(self, fmt: str, since: str = "") -> str:
         """The access report as CSV or JSON text."""
-        if fmt not in ("csv", "json"):
-            raise InvalidInput("format は csv か json です。", "format must be csv or json.")
-        try:
-            start = export.parse_since(since) if since else None
-        except ValueError:
-            raise InvalidInput(
-                "since は 2026-11-01 の形式の日付です。", "since must be a date like 2026-11-01."
-            ) from None
+        start = _report_options(fmt, since)
         with self.sessions() as session:
             return export.render(session, fmt, start)
 
@@ -125,7 +119,8 @@ class Admin:
     ) -> list[dict[str, Any]]:
         """The latest audit events (administrators only)."""
         self.require(profile, admin_token)
-        limit = max(1, min(int(limit), 1000))
+        if type(limit) is not int or not 1 <= limit <= 1000:
+            raise InvalidInput("limit は 1〜1000 の整数です。", "limit must be a whole number from 1 to 1000.")
         self.record(profile, admin_token, f"admin_events limit={limit}")
         return self.latest(limit)
 
@@ -138,7 +133,8 @@ class Admin:
     ) -> str:
         """The access report as CSV or JSON text (administrators only)."""
         self.require(profile, admin_token)
-        self.record(profile, admin_token, f"admin_export format={format} since={since}"[:300])
+        _report_options(format, since)  # refused before anything is recorded
+        self.record(profile, admin_token, f"admin_export format={format} since={since}")
         return self.report(format, since)
 
     def dashboard(
@@ -188,7 +184,7 @@ class Admin:
     def admin_erase(self, admin_token: str = "", identity: str = "", profile: gr.OAuthProfile | None = None) -> str:
         """Erase one identity's contact fields (administrators only); the erasure is itself an event."""
         self.require(profile, admin_token)
-        if not isinstance(identity, str) or not identity.strip() or len(identity) > 200:
+        if not isinstance(identity, str) or not IDENTITY.fullmatch(identity.strip()):
             raise InvalidInput("identity を指定してください。", "Give the identity to erase, as the report shows it.")
         try:
             with self.sessions.begin() as session:
@@ -204,3 +200,15 @@ def download_link(text: str, filename: str, mime: str) -> str:
     data = base64.b64encode(text.encode("utf-8")).decode("ascii")
     label = f"{html.escape(filename)} をダウンロード / Download {html.escape(filename)}"
     return f'<a download="{html.escape(filename)}" href="data:{mime};charset=utf-8;base64,{data}">{label}</a>'
+
+
+def _report_options(fmt: object, since: object) -> datetime | None:
+    """The report's start time, once ``fmt`` and ``since`` are checked; raises a bilingual ``InvalidInput``."""
+    if not isinstance(fmt, str) or fmt not in ("csv", "json"):
+        raise InvalidInput("format は csv か json です。", "format must be csv or json.")
+    try:
+        if not isinstance(since, str) or len(since) > 64:
+            raise ValueError(since)
+        return export.parse_since(since) if since else None
+    except ValueError:
+        raise InvalidInput("since は 2026-11-01 の形式の日付です。", "since must be a date like 2026-11-01.") from None

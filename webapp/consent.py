@@ -11,7 +11,6 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.exc import SQLAlchemyError
@@ -65,7 +64,7 @@ class AcceptanceForm(BaseModel):
     email: str = Field(min_length=3, max_length=320)
     affiliation: str = Field(min_length=1, max_length=300)
     purpose: str = Field(min_length=1, max_length=2000)
-    agree: Literal[True]
+    agree: bool  # strict: only the JSON boolean true
 
     @field_validator("name", "email", "affiliation")
     @classmethod
@@ -82,6 +81,13 @@ class AcceptanceForm(BaseModel):
     def _email(cls, value: str) -> str:
         if not _EMAIL.match(value):
             raise ValueError("not an email address")
+        return value
+
+    @field_validator("agree")
+    @classmethod
+    def _agreed(cls, value: bool) -> bool:
+        if value is not True:
+            raise ValueError("must agree")
         return value
 
     @classmethod

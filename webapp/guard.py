@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -15,8 +16,11 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message],
 MAX_BODY_BYTES = 2 * 1024 * 1024
 
 
+BAD_SESSION = "セッション ID が不正です。ページを再読み込みしてください。 / Invalid session id. Reload the page."
+
+
 class Guard:
-    """Refuses oversized bodies, and (when ``same_origin``) browser requests from other sites.
+    """Refuses oversized bodies, malformed session hashes, and (when ``same_origin``) other sites' pages.
 
     Gradio answers any origin, with credentials, when the app is not on
     localhost. With sign-in on, a page elsewhere could then act with a
@@ -49,6 +53,19 @@ class Guard:
             if too_large and not scope.get("path", "").endswith("/upload"):  # max_file_size governs uploads
                 await _refuse(scope, receive, send, 413, "request too large")
                 return
+        if not _session_ok(parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash", [])):
+            await _refuse(scope, receive, send, 400, BAD_SESSION)
+            return
+        if scope["type"] == "http" and scope.get("path", "").endswith("/queue/join"):
+            # The queue keys its state by the session hash in the body: check it before Gradio keeps it.
+            body, receive = await _buffered(receive)
+            try:
+                session = json.loads(body).get("session_hash")
+            except (ValueError, AttributeError):
+                session = None
+            if session is not None and not _session_ok([session]):
+                await _refuse(scope, receive, send, 400, BAD_SESSION)
+                return
         await self.app(scope, receive, send)
 
     def _origin_ok(self, headers: dict[str, str]) -> bool:
@@ -62,6 +79,35 @@ class Guard:
         return bool(host) and urlsplit(origin).netloc == host
 
 
+def _session_ok(values: list[object]) -> bool:
+    from webapp.identity import SESSION_HASH
+
+    return all(isinstance(v, str) and SESSION_HASH.fullmatch(v) for v in values)
+
+
+async def _buffered(receive: Callable[[], Awaitable[Message]]) -> tuple[bytes, Callable[[], Awaitable[Message]]]:
+    """The whole request body (already bounded by the length check), and a ``receive`` that replays it."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = b"".join(chunks)
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return body, replay
+
+
 async def _refuse(scope: Scope, receive: Callable, send: Callable, status: int, reason: str) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008})
@@ -71,7 +117,7 @@ async def _refuse(scope: Scope, receive: Callable, send: Callable, status: int, 
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
+            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())],
         }
     )
     await send({"type": "http.response.body", "body": body})

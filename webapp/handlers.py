@@ -14,11 +14,11 @@ import gradio as gr
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from inference import AppError, Inference, InvalidInput, Message, ModelSpec, SamplingOptions
-from inference.progress import Status
+from inference.progress import Finished, Status
 from webapp.consent import AcceptanceForm, Gate
 from webapp.identity import Caller
 from webapp.ratelimit import InFlight, RateLimits
-from webapp.text import require_encodable
+from webapp.text import require_encodable, visible
 
 MAX_TURNS = 200
 # One turn of a conversation: a message, or a reply of up to 2048 tokens.
@@ -193,7 +193,7 @@ class Handlers:
     def _admit(self, caller: Caller, message: object, spec: ModelSpec, sampling: dict[str, Any]) -> SamplingOptions:
         """The gate, then the message and the options: all before any token is generated."""
         self.gate.admit(caller, spec)
-        if not isinstance(message, str) or not message.strip():
+        if not isinstance(message, str) or not visible(message):
             raise InvalidInput("メッセージを入力してください。", "Please type a message.")
         if len(message) > self.max_message_chars:
             raise InvalidInput(
@@ -288,6 +288,8 @@ class Handlers:
             elif isinstance(item, str):
                 reply += item
                 yield [*shown, {"role": "assistant", "content": reply}], "", ""
+            elif isinstance(item, Finished):  # the reply stays; the status line says what made it
+                yield [*shown, {"role": "assistant", "content": reply}], "", item.describe()
             else:
                 yield shown, "", item.describe()
 

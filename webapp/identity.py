@@ -7,8 +7,9 @@ Identities are issued by the server, never taken from what a client chose:
   signed receipt, and records ``anon:<pseudonym>``, an HMAC of the id under the
   server secret. The pseudonym is what administrators see and export; it cannot
   be turned back into the id, so it is no credential. Within one Gradio session
-  the id is also remembered server-side, so an API client may accept and then
-  chat in the same session without passing the receipt.
+  the id is also remembered server-side (for requests from the same client
+  address), so an API client may accept and then chat in the same session
+  without passing the receipt.
 
 The session hash a client sends is only ever a key into that server-side map,
 validated before use; it is never an identity, never stored and never shown.
@@ -35,6 +36,8 @@ _USER_AGENT_MAX = 512
 SESSION_HASH = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Hugging Face usernames: letters, digits, '-', '_' and '.', at most 96 characters.
 USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+# Any identity the log holds: accounts, pseudonyms, and older logs' anonymous session ids.
+IDENTITY = re.compile(r"(hf|anon):[A-Za-z0-9._-]{1,96}")
 IDENTITY_MAX = 100
 """No identity is longer than this (``hf:`` + 96, or ``anon:`` + 32)."""
 
@@ -64,6 +67,10 @@ class Caller:
     anon_id: str | None = field(default=None, repr=False)
     """The random id behind an anonymous identity (from the receipt or this session): a credential."""
 
+    def __post_init__(self) -> None:
+        if self.identity is not None and len(self.identity) > IDENTITY_MAX:
+            raise ValueError("identity too long")  # unreachable from requests: both forms are bounded
+
     @property
     def limit_key(self) -> str:
         """Whom per-caller limits count against: the identity, else the client address, else the session."""
@@ -90,7 +97,7 @@ class Identities:
         self.trusted_proxies = trusted_proxies
         self._ttl = session_ttl_s
         self._max_sessions = max_sessions
-        self._sessions: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._sessions: OrderedDict[str, tuple[str, float, str | None]] = OrderedDict()
         self._lock = threading.Lock()
 
     # -- deriving ---------------------------------------------------------------
@@ -99,14 +106,15 @@ class Identities:
         """The caller of ``request``: account, then receipt, then this session's accepted id, else no identity."""
         session = _session_of(request)
         username = _username_of(profile)
+        client_hash = self._client_hash(request)
         anon_id: str | None = None
         if not username:
             if (valid := self.receipts.read(receipt)) is not None:
                 anon_id = valid.anon_id
             elif session is not None:
-                anon_id = self._session_id(session)
+                anon_id = self._session_id(session, client_hash)
         identity = f"hf:{username}" if username else self.pseudonym(anon_id) if anon_id else None
-        return Caller(identity, username, _user_agent(request), self._client_hash(request), session, anon_id)
+        return Caller(identity, username, _user_agent(request), client_hash, session, anon_id)
 
     def issue(self, caller: Caller, terms_id: str, terms_sha256: str) -> tuple[Caller, str]:
         """``caller`` with an identity, and the receipt to give back ('' when signed in).
@@ -119,7 +127,7 @@ class Identities:
             return caller, ""
         anon_id = caller.anon_id or secrets.token_urlsafe(16)  # 128 random bits, 22 characters
         if caller.session is not None:
-            self._remember(caller.session, anon_id)
+            self._remember(caller.session, anon_id, caller.client_hash)
         receipt = self.receipts.issue(Receipt(anon_id, terms_id, terms_sha256))
         return replace(caller, identity=self.pseudonym(anon_id), anon_id=anon_id), receipt
 
@@ -129,20 +137,22 @@ class Identities:
 
     # -- same-session memory (bounded, expiring) --------------------------------
 
-    def _session_id(self, session: str) -> str | None:
+    def _session_id(self, session: str, client_hash: str | None) -> str | None:
+        # A session hash travels in query strings (and so in proxies' logs):
+        # it only stands for the id from the address that accepted in it.
         with self._lock:
             found = self._sessions.get(session)
             if found is None:
                 return None
-            anon_id, expires = found
+            anon_id, expires, address = found
             if expires < time.monotonic():
                 del self._sessions[session]
                 return None
-            return anon_id
+            return anon_id if address == client_hash else None
 
-    def _remember(self, session: str, anon_id: str) -> None:
+    def _remember(self, session: str, anon_id: str, client_hash: str | None) -> None:
         with self._lock:
-            self._sessions[session] = (anon_id, time.monotonic() + self._ttl)
+            self._sessions[session] = (anon_id, time.monotonic() + self._ttl, client_hash)
             self._sessions.move_to_end(session)
             while len(self._sessions) > self._max_sessions:
                 self._sessions.popitem(last=False)

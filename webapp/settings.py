@@ -18,10 +18,34 @@ from inference.registry import Server
 
 # Hugging Face Spaces mounts persistent storage here when it is enabled.
 SPACES_PERSISTENT_DIR = Path("/data")
+MODEL_MODES = ("auto", "real", "tiny", "all")
+
+
+def on_spaces() -> bool:
+    """Whether this runs in a Hugging Face Space (which sets ``SPACE_ID``), whatever the disk holds."""
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def spaces_storage() -> Path | None:
+    """The Space's persistent storage, when this is a Space and it has some."""
+    return SPACES_PERSISTENT_DIR if on_spaces() and SPACES_PERSISTENT_DIR.is_dir() else None
 
 
 def _default_data_dir() -> Path:
-    return SPACES_PERSISTENT_DIR if SPACES_PERSISTENT_DIR.is_dir() else Path("data").resolve()
+    return spaces_storage() or Path("data").resolve()
+
+
+def _default_hub_cache() -> Path | None:
+    # Without persistent storage a Space downloads every checkpoint again after each restart.
+    storage = spaces_storage()
+    return storage / "huggingface" / "hub" if storage else None
+
+
+def _ids(value: object) -> list[str]:
+    """A list of model ids from a comma-separated string or a JSON list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [str(v) for v in value or []]
 
 
 class RemoteModel(BaseModel):
@@ -45,7 +69,24 @@ class Settings(BaseSettings):
     default_model: str | None = Field(None, description="Model selected on arrival.")
     models: str = Field(
         "auto",
-        description="'auto' (real checkpoints when the hub is reachable, else tiny ones), 'real', 'tiny' or 'all'.",
+        description="'auto' (real checkpoints when the hub is reachable, else tiny ones too), 'real', 'tiny', "
+        "'all', or a comma-separated list of model ids to offer.",
+    )
+    preload: str = Field("", description="Comma-separated model ids loaded at start-up, in the background.")
+    warm_up_s: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="Seconds after start-up before torch and transformers are imported and preloads begin "
+        "(the page is served without them).",
+    )
+    revisions: dict[str, str] = Field(
+        default_factory=dict,
+        description='Hub revisions (commits) to load, as JSON: {"llm-jp-3.1-1.8b-instruct4": "<commit>"}.',
+    )
+    hub_cache: Path | None = Field(
+        default_factory=_default_hub_cache,
+        description="Where checkpoints are downloaded; on a Space with persistent storage, under /data.",
     )
     model_paths: dict[str, str] = Field(
         default_factory=dict,
@@ -53,6 +94,9 @@ class Settings(BaseSettings):
     )
     max_message_chars: int = Field(4000, ge=1, description="Longest accepted chat message, in characters.")
     max_loaded_models: int = Field(1, ge=1, description="Models kept in memory at once.")
+    max_batch: int = Field(
+        8, ge=1, le=256, description="Requests to one loaded model generated together (batched); 1 turns batching off."
+    )
     max_queue: int = Field(
         16, ge=0, le=10_000, description="Requests that may wait per model server; more are told it is busy."
     )
@@ -126,9 +170,28 @@ class Settings(BaseSettings):
     @field_validator("models")
     @classmethod
     def _known_mode(cls, value: str) -> str:
-        if value not in {"auto", "real", "tiny", "all"}:
-            raise ValueError("LLMJP_MODELS must be one of auto, real, tiny, all")
-        return value
+        from inference import CHECKPOINTS, TINY_MODELS
+
+        if value in MODEL_MODES:
+            return value
+        known = {s.id for s in CHECKPOINTS + TINY_MODELS}
+        ids = _ids(value)
+        if not ids or (unknown := [i for i in ids if i not in known]):
+            raise ValueError(
+                f"LLMJP_MODELS must be one of {', '.join(MODEL_MODES)} or a comma-separated list of model ids; "
+                f"unknown: {unknown if ids else value!r}"
+            )
+        return ",".join(ids)
+
+    @property
+    def model_ids(self) -> list[str] | None:
+        """The ids ``models`` lists, or None when it names a mode."""
+        return None if self.models in MODEL_MODES else _ids(self.models)
+
+    @property
+    def preload_ids(self) -> list[str]:
+        """Models to load at start-up."""
+        return _ids(self.preload)
 
     @property
     def resolved_database_url(self) -> str:
