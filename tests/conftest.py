@@ -180,9 +180,13 @@ class PostgresServer:
         if self._as:
             subprocess.run(["chown", "-R", "postgres:postgres", str(base)], check=True)
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        self.start()
+
+    def start(self) -> None:
+        """Start the server (again, after ``stop``) on the same port and data."""
         self._run(
-            "pg_ctl", "-D", str(self.data), "-l", str(base / "log"), "-w", "start",
-            "-o", f"-h 127.0.0.1 -p {self.port} -k {base} -F -c max_connections=100",
+            "pg_ctl", "-D", str(self.data), "-l", str(self.base / "log"), "-w", "start",
+            "-o", f"-h 127.0.0.1 -p {self.port} -k {self.base} -F -c max_connections=100",
         )  # fmt: skip
 
     def _run(self, tool: str, *args: str) -> None:

@@ -15,7 +15,6 @@ from sqlalchemy.engine import make_url
 from db.chain import Keyring
 from inference import hub
 from inference.registry import Server
-from webapp.ratelimit import valid_rate
 
 # Hugging Face Spaces mounts persistent storage here when it is enabled.
 SPACES_PERSISTENT_DIR = Path("/data")
@@ -165,6 +164,9 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _rate(cls, value: str) -> str:
+        # Imported here: ratelimit pulls in Gradio, which the database CLI must start without.
+        from webapp.ratelimit import valid_rate
+
         try:
             return valid_rate(value)
         except ValueError as exc:
@@ -221,11 +223,16 @@ class Settings(BaseSettings):
         """Hugging Face usernames with access to the Admin tab."""
         return frozenset(u.strip() for u in self.admin_users.split(",") if u.strip())
 
-    def server_secret(self) -> bytes:
-        """The server's secret: from settings, else kept in ``data_dir/secret_key`` (created once, mode 0600)."""
+    def server_secret(self, *, create: bool = True) -> bytes:
+        """The server's secret: from settings, else kept in ``data_dir/secret_key`` (created once, mode 0600).
+
+        ``create=False`` (checking tools) raises ``FileNotFoundError`` rather than make a new one.
+        """
         if self.secret_key:
             return self.secret_key.get_secret_value().encode()
         path = self.data_dir / "secret_key"
+        if not create and not path.is_file():
+            raise FileNotFoundError(f"no server secret at {path} (and LLMJP_SECRET_KEY is unset)")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             # O_EXCL: when several replicas start at once, exactly one writes it.
@@ -240,12 +247,18 @@ class Settings(BaseSettings):
             raise RuntimeError(f"{path} is too short to be a secret; delete it to have a new one made")
         return value.encode()
 
-    def audit_keyring(self) -> Keyring:
-        """The key that signs new audit events, and the retired ones that still verify old events."""
+    def audit_keyring(self, *, create: bool = True) -> Keyring:
+        """The key that signs new audit events, and the retired ones that still verify old events.
+
+        ``LLMJP_AUDIT_KEY``, else the hex HMAC-SHA256(server secret, "llmjp-demo/audit-key").
+        """
         current = (
             self.audit_key.get_secret_value().encode()
             if self.audit_key
-            else hmac.new(self.server_secret(), b"llmjp-demo/audit-key", hashlib.sha256).digest()
+            # Hex text, so that a retired derived key can be listed in LLMJP_AUDIT_OLD_KEYS as it is.
+            else hmac.new(self.server_secret(create=create), b"llmjp-demo/audit-key", hashlib.sha256)
+            .hexdigest()
+            .encode()
         )
         return Keyring.of(current, (k.get_secret_value().encode() for k in self.audit_old_keys))
 
