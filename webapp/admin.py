@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import html
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +27,15 @@ from webapp.errors import AuditUnavailable, NotAdmin
 from webapp.identity import IDENTITY
 
 EVENT_COLUMNS = ["seq", "time (UTC)", "kind", "identity", "name", "email", "affiliation", "purpose", "detail"]
+
+
+@contextmanager
+def _audit_database() -> Iterator[None]:
+    """Any database failure behind an admin view or action: the bilingual ``AuditUnavailable``."""
+    try:
+        yield
+    except (SQLAlchemyError, DatabaseUnavailable, OSError):
+        raise AuditUnavailable() from None
 
 
 class Admin:
@@ -80,7 +91,7 @@ class Admin:
     def per_day(self, days: int = 90) -> pd.DataFrame:
         """Acceptances per UTC day over the last ``days`` days."""
         since = datetime.now(UTC) - timedelta(days=days)
-        with self.sessions() as session:
+        with _audit_database(), self.sessions() as session:
             times = session.scalars(
                 select(Event.created_at).where(Event.kind == EventKind.ACCEPTED.value, Event.created_at >= since)
             ).all()
@@ -89,7 +100,7 @@ class Admin:
 
     def latest(self, limit: int = 50) -> list[dict[str, Any]]:
         """The latest events, newest first, as plain values."""
-        with self.sessions() as session:
+        with _audit_database(), self.sessions() as session:
             events = audit.latest(session, limit)
         return [
             {
@@ -106,7 +117,7 @@ class Admin:
     def report(self, fmt: str, since: str = "") -> str:
         """The access report as CSV or JSON text."""
         start = _report_options(fmt, since)
-        with self.sessions() as session:
+        with _audit_database(), self.sessions() as session:
             return export.render(session, fmt, start)
 
     # -- handlers -------------------------------------------------------------
@@ -175,23 +186,18 @@ class Admin:
 
     def record(self, profile: gr.OAuthProfile | None, credential: object, action: str) -> None:
         """Record an administrator's view or export before showing anything; unrecorded means not shown."""
-        try:
-            with self.sessions.begin() as session:
-                audit.admin_access(session, who=self.who(profile, credential), action=action)
-        except (SQLAlchemyError, DatabaseUnavailable, OSError):
-            raise AuditUnavailable() from None
+        with _audit_database(), self.sessions.begin() as session:
+            audit.admin_access(session, who=self.who(profile, credential), action=action)
 
     def admin_erase(self, admin_token: str = "", identity: str = "", profile: gr.OAuthProfile | None = None) -> str:
         """Erase one identity's contact fields (administrators only); the erasure is itself an event."""
         self.require(profile, admin_token)
         if not isinstance(identity, str) or not IDENTITY.fullmatch(identity.strip()):
             raise InvalidInput("identity を指定してください。", "Give the identity to erase, as the report shows it.")
-        try:
+        with _audit_database():
             with self.sessions.begin() as session:
                 count = audit.erase(session, identity=identity.strip(), by=self.who(profile, admin_token))
             checkpoint(self.sessions.kw["bind"])
-        except (SQLAlchemyError, DatabaseUnavailable, OSError):
-            raise AuditUnavailable() from None
         return f"{count} 件の連絡先を消去しました。 / Erased {count} contact record(s)."
 
 
