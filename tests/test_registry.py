@@ -89,7 +89,7 @@ def test_choosing_a_model_resets_controls_to_its_card(model_id: str, tmp_path) -
     registry = Registry.of(CHECKPOINTS)
     spec = registry.get(model_id)
     inference = Inference(registry, TransformersBackend(models_dir=tmp_path))  # loads nothing
-    handlers = Handlers(gate=None, inference=inference, max_message_chars=10)  # type: ignore[arg-type]
+    handlers = Handlers(gate=None, inference=inference, max_message_chars=10, limits=None, in_flight=None)  # type: ignore[arg-type]
     *values, licence = handlers.card_defaults(model_id)
     s = spec.sampling
     assert values == [s.temperature, s.top_p, s.top_k, s.repetition_penalty, s.max_new_tokens]

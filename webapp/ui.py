@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import html
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from inference import Registry, SamplingOptions
 from inference.sampling import bounds
+from webapp import privacy
 from webapp.admin import EVENT_COLUMNS, Admin
 from webapp.errors import user_errors
+from webapp.guard import Guard
 from webapp.handlers import Handlers, licence_markdown
+from webapp.settings import Settings
 from webapp.terms import Terms
 
 TITLE = "LLM-jp チャット / LLM-jp Chat"
@@ -27,11 +32,27 @@ CSS = """
 FONTS = ["Noto Sans CJK JP", "Noto Sans JP", "Hiragino Sans", "Yu Gothic", "Meiryo", "system-ui", "sans-serif"]
 
 
-def launch_options() -> dict[str, Any]:
-    """Arguments for ``demo.launch`` that belong to the look of the page."""
+def launch_options(settings: Settings | None = None) -> dict[str, Any]:
+    """Arguments for ``demo.launch``: the look of the page, and the limits of the web server."""
     # Local fonts only: the page must not wait on a font service, and Japanese
     # must render with a CJK face rather than boxes.
-    return {"theme": gr.themes.Default(font=FONTS, font_mono=["Noto Sans Mono CJK JP", "monospace"]), "css": CSS}
+    options: dict[str, Any] = {
+        "theme": gr.themes.Default(font=FONTS, font_mono=["Noto Sans Mono CJK JP", "monospace"]),
+        "css": CSS,
+    }
+    if settings is not None:
+        # The app reads X-Forwarded-For itself, trusting exactly the configured
+        # proxies (webapp.identity.client_address); uvicorn must not rewrite the
+        # peer address from it first, which it does for local peers by default.
+        os.environ["FORWARDED_ALLOW_IPS"] = ""
+        allowed = frozenset(o.strip() for o in settings.allowed_origins.split(",") if o.strip())
+        options |= {
+            "max_file_size": settings.max_file_size,
+            "app_kwargs": {
+                "middleware": [Middleware(Guard, same_origin=settings.oauth or bool(allowed), allowed=allowed)]
+            },
+        }
+    return options
 
 
 @dataclass
@@ -61,7 +82,7 @@ class _Page:
     """Every component an event reads or updates."""
 
     receipt: gr.BrowserState
-    admin_token: gr.State
+    admin_grant: gr.BrowserState
     tabs: gr.Tabs
     chat_tab: gr.Tab
     admin_tab: gr.Tab
@@ -76,7 +97,7 @@ class _AdminView:
     sign_in: gr.Button
     plot: gr.BarPlot
     events: gr.Dataframe
-    download: gr.File
+    download: gr.HTML
     refresh: gr.Button
 
 
@@ -154,17 +175,19 @@ def _render_admin() -> _AdminView:
         x="day", y="acceptances", y_lim=[0, None], sort="x", title="同意数(日別、UTC) / Acceptances per day (UTC)"
     )
     events = gr.Dataframe(headers=EVENT_COLUMNS, datatype="str", label="最新のイベント / Latest events", wrap=True)
-    download = gr.File(label="アクセスレポート (CSV) / Access report (CSV)")
+    gr.Markdown("アクセスレポート (CSV) / Access report (CSV)")
+    download = gr.HTML("")
     return _AdminView(gr.Textbox(render=False), gr.Button(render=False), plot, events, download, refresh)
 
 
 def build(*, handlers: Handlers, admin: Admin, terms: Terms, registry: Registry, oauth: bool, secret: str) -> gr.Blocks:
     """The whole app: layout, then every event in one place."""
     with gr.Blocks(title=TITLE) as demo:
-        # The receipt lives in the browser (encrypted with the server secret);
-        # the admin token, once checked, only in server-side session state.
+        # The receipt and the admin grant live in the browser (encrypted with the
+        # server secret) and come with each request: nothing server-side is
+        # keyed by the session hash alone.
         receipt = gr.BrowserState(None, storage_key="llmjp-demo-receipt", secret=secret)
-        admin_token = gr.State("")
+        admin_grant = gr.BrowserState("", storage_key="llmjp-demo-admin", secret=secret)
         with gr.Row():
             gr.Markdown(f"# {TITLE}")
             if oauth:
@@ -172,6 +195,7 @@ def build(*, handlers: Handlers, admin: Admin, terms: Terms, registry: Registry,
         with gr.Tabs(selected="terms") as tabs:
             with gr.Tab("利用規約 / Terms", id="terms"):
                 form = _render_terms(terms)
+                privacy.render(handlers.gate.retention_days)
                 with gr.Accordion("管理者 / Administrators", open=False):
                     token_box = gr.Textbox(label="管理者トークン / Admin token", type="password", max_lines=1)
                     sign_in = gr.Button("管理者として開く / Open the Admin tab", size="sm")
@@ -180,7 +204,7 @@ def build(*, handlers: Handlers, admin: Admin, terms: Terms, registry: Registry,
             with gr.Tab("管理 / Admin", id="admin", visible=False) as admin_tab:
                 view = _render_admin()
         view.token_box, view.sign_in = token_box, sign_in
-        _wire(demo, _Page(receipt, admin_token, tabs, chat_tab, admin_tab, form, chat, view), handlers, admin)
+        _wire(demo, _Page(receipt, admin_grant, tabs, chat_tab, admin_tab, form, chat, view), handlers, admin)
     return demo
 
 
@@ -188,12 +212,12 @@ def _wire(demo: gr.Blocks, page: _Page, handlers: Handlers, admin: Admin) -> Non
     """Every event of the page and the public API, in one place."""
     private = {"api_visibility": "private"}
     form, chat, view, receipt = page.form, page.chat, page.admin, page.receipt
-    tabs, chat_tab, admin_tab, admin_token = page.tabs, page.chat_tab, page.admin_tab, page.admin_token
+    tabs, chat_tab, admin_tab, admin_grant = page.tabs, page.chat_tab, page.admin_tab, page.admin_grant
 
     def page_state(
         model_id: str,
         receipt_value: str | None,
-        token: str,
+        grant: str,
         request: gr.Request,
         profile: gr.OAuthProfile | None,
     ) -> dict[Any, Any]:
@@ -207,11 +231,11 @@ def _wire(demo: gr.Blocks, page: _Page, handlers: Handlers, admin: Admin) -> Non
             chat.acknowledge: gr.Button(
                 visible=accepted and handlers.needs_acknowledgement(model_id, receipt_value, request, profile)
             ),
-            admin_tab: gr.Tab(visible=admin.is_admin(profile, token)),
+            admin_tab: gr.Tab(visible=admin.is_admin(profile, grant)),
         }
 
     state_outputs = [tabs, chat_tab, form.withdraw, chat.acknowledge, admin_tab]
-    state_inputs = [chat.model, receipt, admin_token]
+    state_inputs = [chat.model, receipt, admin_grant]
     demo.load(user_errors(page_state), state_inputs, state_outputs, api_name="page_load", **private)
 
     # Terms: the page's button and the public /accept_terms share one handler.
@@ -246,11 +270,12 @@ def _wire(demo: gr.Blocks, page: _Page, handlers: Handlers, admin: Admin) -> Non
         **private,
     )
     # However the reply ended (done, refused, failed), the status line has nothing more to say.
-    reply.then(lambda: "", None, chat.status, api_name="page_chat_done", queue=False, **private)
+    # Clearing runs in the browser alone: no server route outside the queue's limits.
+    reply.then(None, None, chat.status, js="() => ''", api_name="page_chat_done", **private)
     chat.stop.click(None, None, None, cancels=[reply], api_name="page_stop", **private).then(
-        lambda: "", None, chat.status, api_name="page_stop_done", queue=False, **private
+        None, None, chat.status, js="() => ''", api_name="page_stop_done", **private
     )
-    chat.clear.click(lambda: [], None, chat.chatbot, api_name="page_clear", queue=False, **private)
+    chat.clear.click(None, None, chat.chatbot, js="() => []", api_name="page_clear", **private)
     chat.model.change(
         user_errors(handlers.card_defaults), chat.model, [*chat.sliders, chat.licence], api_name="page_model", **private
     ).then(user_errors(page_state), state_inputs, state_outputs, api_name="page_model_state", **private)
@@ -262,9 +287,10 @@ def _wire(demo: gr.Blocks, page: _Page, handlers: Handlers, admin: Admin) -> Non
     # Admin: every handler checks the caller on the server.
     dashboard = [view.plot, view.events, view.download]
     view.sign_in.click(
-        user_errors(admin.sign_in), view.token_box, [admin_token, admin_tab], api_name="page_admin_sign_in", **private
-    ).success(user_errors(admin.dashboard), admin_token, dashboard, api_name="page_admin_open", **private)
-    view.refresh.click(user_errors(admin.dashboard), admin_token, dashboard, api_name="page_admin_refresh", **private)
-    admin_tab.select(user_errors(admin.dashboard), admin_token, dashboard, api_name="page_admin_select", **private)
+        user_errors(admin.sign_in), view.token_box, [admin_grant, admin_tab], api_name="page_admin_sign_in", **private
+    ).success(user_errors(admin.dashboard), admin_grant, dashboard, api_name="page_admin_open", **private)
+    view.refresh.click(user_errors(admin.dashboard), admin_grant, dashboard, api_name="page_admin_refresh", **private)
+    admin_tab.select(user_errors(admin.dashboard), admin_grant, dashboard, api_name="page_admin_select", **private)
     gr.api(user_errors(admin.admin_events), api_name="admin_events")
     gr.api(user_errors(admin.admin_export), api_name="admin_export")
+    gr.api(user_errors(admin.admin_erase), api_name="admin_erase")
