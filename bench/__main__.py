@@ -182,17 +182,20 @@ def main(argv: list[str] | None = None) -> int:
                     rows += gate_rows(app.url, data_dir)
             finally:
                 app.stop()
-        if "startup" in chosen:
-            rows += startup_rows(data_dir, min(args.runs, 3))
-        if "batching" in chosen:
-            rows += batching.rows(models.llama_110m(data_dir / "llama-110m"))
-        if "concurrency" in chosen:
-            rows += serving.concurrency_rows(data_dir, 1)
-        if "models" in chosen:
-            rows += serving.two_models_rows(data_dir)
-            rows += serving.download_rows(data_dir)
-        if "real" in chosen:
-            rows += serving.real_shape_rows(data_dir, min(args.runs, 3))
+        sections = {
+            "startup": lambda: startup_rows(data_dir, min(args.runs, 3)),
+            "batching": lambda: batching.rows(models.llama_110m(data_dir / "llama-110m")),
+            "concurrency": lambda: serving.concurrency_rows(data_dir, 1),
+            "models": lambda: serving.two_models_rows(data_dir) + serving.download_rows(data_dir),
+            "real": lambda: serving.real_shape_rows(data_dir, min(args.runs, 3)),
+        }
+        for name, measure in sections.items():
+            if name not in chosen:
+                continue
+            try:
+                rows += measure()
+            except Exception as exc:  # one section failing must not lose the others' rows
+                rows.append(Row(f"{name}: failed", f"{type(exc).__name__}: {exc}"[:200], "", "", "", False))
         rows += gpu_rows()
 
     result = table(rows)

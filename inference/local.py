@@ -229,6 +229,7 @@ class TransformersBackend:
         log.info("unloading %s", model_id)
         if slot.batcher is not None:
             slot.batcher.close()
+            slot.batcher.join(timeout=10)  # idle, it ends at once and lets go of the model
         del slot
         self._free()
         return True
