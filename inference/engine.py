@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from inference.lanes import Lane
-from inference.progress import Queued, Status
+from inference.progress import Finished, Queued, Status
 from inference.prompts import Message, conversation
 from inference.registry import ModelSpec, Registry
 from inference.sampling import SamplingOptions
@@ -197,6 +197,7 @@ class Inference:
         # The slot is given back when the work has really ended, not when the
         # consumer leaves: a stopped request holds it until its last token step.
         job.add_done_callback(lambda _: loop.call_soon_threadsafe(lane.release))
+        started = loop.time()
         try:
             last = -math.inf
             while True:
@@ -213,6 +214,8 @@ class Inference:
                 if done:
                     if mailbox.error is not None:
                         raise mailbox.error
+                    # Token counts and the finish reason are not known here: zero and "stop".
+                    yield Finished(spec.id, None, 0, 0, loop.time() - started, "stop", 0)
                     return
         finally:
             stop.set()

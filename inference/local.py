@@ -236,6 +236,8 @@ class TransformersBackend:
         _, ids, max_new_tokens = prompts.encode(tok, spec.prompt_format, messages, spec.context, options.max_new_tokens)
         input_ids = torch.tensor([ids])
         kwargs = options.generate_kwargs() | {"max_new_tokens": max_new_tokens}
+        if options.seed is not None:
+            torch.manual_seed(options.seed)  # a seeded request samples the same tokens again
         try:
             with torch.inference_mode():
                 loaded.model.generate(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 GB = 1000**3
 
@@ -46,4 +47,36 @@ class Loading(_Bytes):
         return f"モデルを読み込んでいます({share})。 / Loading the model ({share})."
 
 
-Status = Queued | Downloading | Loading
+@dataclass(frozen=True)
+class Trimmed:
+    """The oldest turns did not fit the model's context and were left out of the prompt."""
+
+    dropped_turns: int
+
+    def describe(self) -> str:
+        return (
+            f"会話が長いため、古い {self.dropped_turns} 件の発言を省きました。"
+            f" / The conversation is long: the oldest {self.dropped_turns} turns were left out."
+        )
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How a reply ended; yielded last on every normal end of a stream."""
+
+    model_id: str
+    revision: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    finish_reason: Literal["stop", "length", "cancelled"]
+    dropped_turns: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.model_id}: {self.completion_tokens} トークン、{self.seconds:.1f} 秒。"
+            f" / {self.model_id}: {self.completion_tokens} tokens in {self.seconds:.1f} s."
+        )
+
+
+Status = Queued | Downloading | Loading | Trimmed | Finished

@@ -112,10 +112,13 @@ class ModelSpec:
     """Set when the model runs on a remote server instead of this machine."""
 
 
-_LLMJP3_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, repetition_penalty=1.05, max_new_tokens=100)
-_V11_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, repetition_penalty=1.1, max_new_tokens=512)
-_WEBLAB_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, repetition_penalty=1.0, max_new_tokens=100)
-_COMPLETION_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, repetition_penalty=1.05, max_new_tokens=100)
+# No card passes top_k: their code samples with transformers' default, top_k=50.
+_LLMJP3_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, top_k=50, repetition_penalty=1.05, max_new_tokens=100)
+_V11_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, top_k=50, repetition_penalty=1.1, max_new_tokens=512)
+_WEBLAB_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, top_k=50, repetition_penalty=1.0, max_new_tokens=100)
+_COMPLETION_SAMPLING = SamplingOptions(
+    temperature=0.7, top_p=0.95, top_k=50, repetition_penalty=1.05, max_new_tokens=100
+)
 
 CHECKPOINTS: tuple[ModelSpec, ...] = (
     ModelSpec(
@@ -220,7 +223,7 @@ CHECKPOINTS: tuple[ModelSpec, ...] = (
     ),
 )
 
-_TINY_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, repetition_penalty=1.05, max_new_tokens=64)
+_TINY_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, top_k=50, repetition_penalty=1.05, max_new_tokens=64)
 
 
 def _tiny(arch: Architecture, fmt: PromptFormat, *, moe: bool = False, context: int = 2048) -> ModelSpec:

@@ -37,6 +37,9 @@ class SamplingOptions(BaseModel):
     max_new_tokens: int = Field(
         100, ge=1, le=MAX_NEW_TOKENS, description="Upper bound on the number of tokens generated."
     )
+    seed: int | None = Field(
+        None, ge=0, le=2**32 - 1, description="Random seed for a reproducible reply; none by default."
+    )
 
     @classmethod
     def parse(cls, **values: Any) -> SamplingOptions:

@@ -142,7 +142,7 @@ def test_nan_is_refused(running_app: RunningApp, accepted) -> None:
     fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "chat")
     before = (running_app.backend.calls, running_app.backend.chunks)
     body = (
-        f'{{"data": ["こんにちは", "tiny-llama", NaN, 0.95, 0, 1.05, 16, null, null], "fn_index": {fn_index},'
+        f'{{"data": ["こんにちは", "tiny-llama", NaN, 0.95, 0, 1.05, 16, null, null, null], "fn_index": {fn_index},'
         f' "session_hash": "{accepted.session_hash}"}}'
     )
     result = raw_chat(running_app, accepted.session_hash, body)
@@ -185,7 +185,7 @@ def test_html_in_the_form_is_stored_as_given(running_app: RunningApp) -> None:
 def test_api_documents_both_endpoints(running_app: RunningApp) -> None:
     api = running_app.client().view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert [p["parameter_name"] for p in api["/accept_terms"]["parameters"]] == [*FORM, "receipt"]
-    assert [p["parameter_name"] for p in api["/chat"]["parameters"]] == ["message", *GOOD, "history", "receipt"]
+    assert [p["parameter_name"] for p in api["/chat"]["parameters"]] == ["message", *GOOD, "history", "receipt", "seed"]
     assert set(api) == {
         "/accept_terms",
         "/withdraw_consent",
@@ -193,6 +193,8 @@ def test_api_documents_both_endpoints(running_app: RunningApp) -> None:
         "/chat",
         "/admin_events",
         "/admin_export",
+        "/admin_feedback",
+        "/models",
     }
 
 

@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from inference import Inference, InvalidInput, Message, ModelSpec, SamplingOptions
 from webapp.consent import AcceptanceForm, Gate
+from webapp.errors import ConsentRequired, LicenceNotAcknowledged
 from webapp.identity import Caller
+from webapp.models_info import catalogue, chat_defaults
 
 MAX_TURNS = 200
 
@@ -60,7 +62,11 @@ def parse_history(history: list[dict[str, Any]] | None) -> list[Message]:
 
 
 def _sampling(
-    temperature: float, top_p: float, top_k: int, repetition_penalty: float, max_new_tokens: int
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    repetition_penalty: float | None,
+    max_new_tokens: int | None,
 ) -> dict[str, Any]:
     return {
         "temperature": temperature,
@@ -159,71 +165,60 @@ class Handlers:
         caller = self.caller(request, profile, receipt)
         return await asyncio.to_thread(self._admit, caller, message, model_id, sampling)
 
+    async def prepare(
+        self,
+        request: gr.Request | None,
+        profile: gr.OAuthProfile | None,
+        receipt: str | None,
+        message: str,
+        model_id: str,
+        sampling: dict[str, Any],
+        history: list[dict[str, Any]] | None,
+    ) -> tuple[list[Message], str, SamplingOptions]:
+        """Every check before a reply: the history, the gate, the message and the sampling."""
+        past = parse_history(history)
+        text, options = await self._admitted(request, profile, receipt, message, model_id, sampling)
+        return past, text, options
+
     async def chat_api(
         self,
         message: str,
         model_id: str,
-        temperature: float,
-        top_p: float,
-        top_k: int,
-        repetition_penalty: float,
-        max_new_tokens: int,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
+        max_new_tokens: int | None = None,
         history: list[dict[str, Any]] | None = None,
         receipt: str | None = None,
+        seed: int | None = None,
         request: gr.Request = None,  # type: ignore[assignment]
         profile: gr.OAuthProfile | None = None,
     ) -> AsyncIterator[str]:
         """Stream a reply to ``message``; each update is the reply so far.
 
-        Waiting (the queue, a download, a load) shows on the page's status
-        line; here it is only a delay before the first update.
+        Sampling values left out take the model's defaults (``/models`` lists
+        them). Waiting (the queue, a download, a load) is only a delay here.
         """
-        sampling = _sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens)
-        past = parse_history(history)
-        text, options = await self._admitted(request, profile, receipt, message, model_id, sampling)
+        spec = self.inference.registry.get(model_id)
+        given = _sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens) | {"seed": seed}
+        sampling = chat_defaults(spec).model_dump() | {k: v for k, v in given.items() if v is not None}
+        try:
+            past, text, options = await self.prepare(request, profile, receipt, message, model_id, sampling, history)
+        except ConsentRequired:
+            raise ConsentRequired(api=True) from None
+        except LicenceNotAcknowledged as exc:
+            raise LicenceNotAcknowledged(exc.model_label, exc.licence, api=True) from None
         reply = ""
         async for item in self.inference.stream(model_id, past, text, options):
             if isinstance(item, str):
                 reply += item
                 yield reply
 
-    async def chat_ui(
-        self,
-        message: str,
-        history: list[dict[str, Any]],
-        model_id: str,
-        temperature: float,
-        top_p: float,
-        top_k: int,
-        repetition_penalty: float,
-        max_new_tokens: int,
-        receipt: str | None,
-        request: gr.Request,
-        profile: gr.OAuthProfile | None,
-    ) -> AsyncIterator[tuple[list[dict[str, str]], str, str]]:
-        """The page's chat: show the user's turn, then stream the reply into the chatbot.
-
-        The third output is the status line under the chat: the queue
-        position, download or load progress, cleared when the reply starts.
-        """
-        sampling = _sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens)
-        past = parse_history(history)
-        text, options = await self._admitted(request, profile, receipt, message, model_id, sampling)
-        shown = [dict(m) for m in past] + [{"role": "user", "content": text}]
-        yield shown, "", ""  # the turn appears and the box clears before the model answers
-        reply = ""
-        async for item in self.inference.stream(model_id, past, text, options):
-            if isinstance(item, str):
-                reply += item
-                yield [*shown, {"role": "assistant", "content": reply}], "", ""
-            else:
-                yield shown, "", item.describe()
-
-    def card_defaults(self, model_id: str) -> tuple[float, float, int, float, int, str]:
-        """The chosen model's card sampling, to reset the controls, and its licence line."""
-        spec = self.inference.registry.get(model_id)
-        s = spec.sampling
-        return s.temperature, s.top_p, s.top_k, s.repetition_penalty, s.max_new_tokens, licence_markdown(spec)
+    def models(self) -> list[dict[str, Any]]:
+        """The offered models: id, label, architecture, dense or MoE, context, licence, default sampling, loaded."""
+        is_loaded = getattr(self.inference.backend, "is_loaded", None)
+        return catalogue(self.inference.registry, is_loaded)
 
     def needs_acknowledgement(
         self, model_id: str, receipt: str | None, request: gr.Request, profile: gr.OAuthProfile | None
@@ -233,9 +228,13 @@ class Handlers:
         return not self.gate.has_acknowledged(self.caller(request, profile, receipt), spec)
 
 
-def licence_markdown(spec: ModelSpec) -> str:
-    """One line naming the model's licence (and its note), for beside the model."""
+def licence_markdown(spec: ModelSpec, lang: str | None = None) -> str:
+    """One line naming the model's licence (and its note), for beside the model; bilingual without ``lang``."""
     lic = spec.license
     name = f"[{lic.name}]({lic.url})" if lic.url else lic.name
-    note = f" — {lic.note_ja} / {lic.note_en}" if lic.note_ja else ""
-    return f"**ライセンス / Licence:** {name}{note}"
+    if lang is None:
+        note = f" — {lic.note_ja} / {lic.note_en}" if lic.note_ja else ""
+        return f"**ライセンス / Licence:** {name}{note}"
+    en = lang.startswith("en")
+    note = (lic.note_en if en else lic.note_ja) if lic.note_ja else ""
+    return f"**{'Licence' if en else 'ライセンス'}:** {name}" + (f" — {note}" if note else "")
