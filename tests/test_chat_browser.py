@@ -114,7 +114,7 @@ def test_send_becomes_stop_and_thirty_stops_in_a_row(page) -> None:
         expect(page.locator("#stop")).to_be_visible(timeout=15_000)
         expect(page.locator("#send")).to_be_hidden()
         expect(page.locator("#chatbot").get_by_text("生成中…")).to_be_visible()
-        page.locator("#stop").click()
+        page.locator("#stop").click(force=True)  # at once: it was just seen visible
         wait_idle(page)
         expect(stopped).to_have_count(i % 10 + 1)  # each reply is marked as stopped
         no_error_state(page)
@@ -366,6 +366,7 @@ def test_phone_layout_and_readme_screenshots(browser, app: RunningApp) -> None:
     assert send_box and new_box and abs(send_box["y"] - new_box["y"]) < 2, "the buttons share one row"
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390
     ARTIFACTS.mkdir(exist_ok=True)
+    phone.evaluate("window.scrollTo(0, 0)")
     phone.screenshot(path=str(ARTIFACTS / "phone-chat.png"))
 
     desktop = browser.new_context(locale="ja-JP", viewport={"width": 1100, "height": 900})
@@ -373,7 +374,7 @@ def test_phone_layout_and_readme_screenshots(browser, app: RunningApp) -> None:
     page.goto(app.url, wait_until="load")
     accept(page, "例 花子", "hanako@example.com")
     ask(page, "富士山について教えて")
-    page.screenshot(path=str(ARTIFACTS / "desktop-chat.png"))
+    page.screenshot(path=str(ARTIFACTS / "desktop-chat.png"), full_page=True)
     # The README's pictures: refreshed on request, so a test run leaves the tree as it was.
     target = DOCS if os.environ.get("LLMJP_README_SCREENSHOTS") == "1" else ARTIFACTS
     target.mkdir(exist_ok=True)

@@ -40,6 +40,8 @@ html[lang^="ja"] .toast-title.error::before { content: "エラー"; }
 html[lang^="ja"] .toast-title.success::before { content: "完了"; }
 @media (max-width: 640px) {
   #page-header h1 { font-size: 1.3em; }
+  #model-row { flex-direction: column !important; }
+  #language .wrap { flex-direction: row !important; }
   .tab-container button, [role="tab"] { padding-left: 0.6em; padding-right: 0.6em; }
 }
 """

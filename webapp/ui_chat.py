@@ -56,7 +56,7 @@ def render(registry: Registry) -> ChatView:
     """The chat tab's components. Model first, so a phone shows it above the conversation."""
     default = registry.get(registry.default_id)
     s = chat_defaults(default)
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=True, elem_id="model-row"):
         model = gr.Dropdown(
             choices=[(spec.label, spec.id) for spec in registry.specs.values()],
             value=default.id,
