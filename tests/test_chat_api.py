@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from gradio_client.exceptions import AppError
 
@@ -23,7 +25,7 @@ def test_the_short_call_streams(accepted) -> None:
     job = accepted.submit(message="こんにちは", model_id="tiny-llama", api_name="/chat")
     updates = list(job)
     assert job.result()
-    assert len(updates) >= 2 and all(later.startswith(earlier) for earlier, later in zip(updates, updates[1:]))
+    assert len(updates) >= 2 and all(later.startswith(earlier) for earlier, later in itertools.pairwise(updates))
 
 
 def test_left_out_sampling_equals_the_models_defaults(accepted) -> None:
