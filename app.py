@@ -8,8 +8,9 @@ from webapp.ui import launch_options
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-demo = create_app(Settings())
+settings = Settings()
+demo = create_app(settings)
 
 if __name__ == "__main__":
     # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by launch() itself.
-    demo.queue(default_concurrency_limit=1).launch(**launch_options())
+    demo.queue(default_concurrency_limit=1).launch(**launch_options(settings))

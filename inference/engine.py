@@ -159,26 +159,32 @@ class Inference:
         history: Sequence[Message],
         message: str,
         options: SamplingOptions,
+        *,
+        stop: threading.Event | None = None,
     ) -> AsyncIterator[str | Status]:
         """Yield the reply to ``message`` as text deltas that join to the whole reply.
 
         Before the first text it may yield a ``Status``: the queue position,
         download or load progress. Generation runs on a worker thread. Closing
         or cancelling this iterator (the stop button, a client going away)
-        leaves the queue, or stops generation at its next token step. The
-        first text is yielded at once; later text is merged over
-        ``flush_interval`` seconds.
+        leaves the queue, or stops generation at its next token step; so does
+        setting ``stop``, which the caller owns (a withdrawal of consent stops
+        every reply of that visitor). The first text is yielded at once; later
+        text is merged over ``flush_interval`` seconds.
         """
         spec = self.registry.get(model_id)
         messages = conversation(spec.prompt_format, history, message)
         backend, executor = self._backend(spec)
         lane = self.lane(spec)
-        async for position in lane.turn():
+        stop = stop or threading.Event()
+        wait = _Wait(lane.turn(), stop)
+        async for position in wait.positions():
             yield Queued(position)
+        if not wait.admitted:
+            return  # stopped before its turn came; it never held a slot
 
         loop = asyncio.get_running_loop()
         mailbox = _Mailbox(loop)
-        stop = threading.Event()
 
         def work() -> None:
             try:
@@ -219,3 +225,40 @@ class Inference:
                     return
         finally:
             stop.set()
+
+
+# How often a request waiting in a lane looks at its stop event.
+_STOP_POLL_S = 0.05
+
+
+class _Wait:
+    """Waiting for a lane's turn that a caller-owned stop event can abandon."""
+
+    def __init__(self, turn: AsyncIterator[int], stop: threading.Event) -> None:
+        self.turn = turn
+        self.stop = stop
+        self.admitted = False
+        """True once the request holds a slot (which its work then releases)."""
+
+    async def positions(self) -> AsyncIterator[int]:
+        """The queue positions; ends when admitted, or when ``stop`` is set (leaving the queue)."""
+        step: asyncio.Future[int] | None = None
+        try:
+            while not self.stop.is_set():
+                step = asyncio.ensure_future(anext(self.turn))
+                while not step.done() and not self.stop.is_set():
+                    await asyncio.wait({step}, timeout=_STOP_POLL_S)
+                if not step.done():
+                    return  # stopped while waiting: the finally below leaves the queue
+                try:
+                    position = step.result()
+                except StopAsyncIteration:
+                    self.admitted = True
+                    return
+                yield position
+        finally:
+            if step is not None and not step.done():
+                step.cancel()
+                await asyncio.gather(step, return_exceptions=True)
+            if not self.admitted:
+                await self.turn.aclose()

@@ -279,7 +279,9 @@ class Registry:
         try:
             return self.specs[model_id]
         except (KeyError, TypeError):
-            raise UnknownModel(str(model_id), list(self.specs)) from None
+            # Echo a bounded, encodable prefix: the id may come from a stranger.
+            shown = model_id[:64].encode("utf-8", "replace").decode() if isinstance(model_id, str) else "?"
+            raise UnknownModel(shown, list(self.specs)) from None
 
     def ids(self) -> list[str]:
         """All ids, in display order."""

@@ -44,8 +44,12 @@ class SamplingOptions(BaseModel):
     @classmethod
     def parse(cls, **values: Any) -> SamplingOptions:
         """Validate raw values (from the UI or the API), raising a bilingual ``InvalidInput``."""
+        # Strict: a JSON string or boolean is not a number. Whole floats are
+        # whole numbers (a slider sends 50.0 for top_k 50).
+        ints = {"top_k", "max_new_tokens"}
+        values = {k: int(v) if k in ints and type(v) is float and v.is_integer() else v for k, v in values.items()}
         try:
-            return cls(**values)
+            return cls.model_validate(values, strict=True)
         except ValidationError as exc:
             ja, en = [], []
             for err in exc.errors():

@@ -106,6 +106,15 @@ class RunningApp:
 
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
+# Every test client comes from 127.0.0.1: apps shared by many tests must not
+# count them as one flooding address. The limits have tests of their own.
+GENEROUS_LIMITS = {
+    "rate_chat": "10000/minute",
+    "rate_chat_address": "10000/minute",
+    "rate_consent": "10000/minute",
+    "rate_consent_address": "10000/minute",
+    "max_replies_per_address": 1000,
+}
 
 
 def launch(settings: object, models_dir: Path, wrap: Callable | None = None, **kwargs: object) -> RunningApp:
@@ -117,7 +126,7 @@ def launch(settings: object, models_dir: Path, wrap: Callable | None = None, **k
     backend = CountingBackend(TransformersBackend(models_dir=models_dir, max_loaded=4, offline=True))
     demo = create_app(settings, backend=wrap(backend) if wrap else backend, **kwargs)  # type: ignore[arg-type]
     demo.queue(default_concurrency_limit=4)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **launch_options())
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **launch_options(settings))
     return RunningApp(url, settings, backend, demo)
 
 
@@ -136,6 +145,7 @@ def running_app(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> I
         default_model="tiny-llama",
         hub_offline=True,
         admin_token=ADMIN_TOKEN,
+        **GENEROUS_LIMITS,
     )
     app = launch(settings, models_dir)
     try:
@@ -216,3 +226,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'db' / 'audit.sqlite3'}"
     return request.getfixturevalue("postgres").create_database(f"test_{next(_databases)}")
+
+
+def identity_of(app: RunningApp, receipt: str) -> str:
+    """The identity the server records for the holder of ``receipt`` (its pseudonym, as admins see it)."""
+    from webapp.identity import Identities
+    from webapp.receipts import Receipts
+
+    secret = app.settings.server_secret()  # type: ignore[attr-defined]
+    receipts = Receipts(secret, max_age_days=90)
+    read = receipts.read(receipt)
+    assert read is not None, "not a receipt this server issued"
+    return Identities(receipts, secret).pseudonym(read.anon_id)

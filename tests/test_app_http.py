@@ -13,7 +13,7 @@ import httpx
 import pytest
 from gradio_client.exceptions import AppError
 
-from tests.conftest import RunningApp
+from tests.conftest import RunningApp, identity_of
 from webapp.terms import Terms
 
 FORM = {
@@ -37,8 +37,8 @@ def rows(app: RunningApp) -> list[tuple]:
     path = app.settings.data_dir / "llmjp-demo.sqlite3"
     with sqlite3.connect(path) as conn:
         return conn.execute(
-            "SELECT identity, terms_id, terms_sha256, name, email, affiliation, purpose, created_at, user_agent"
-            " FROM events WHERE kind = 'accepted' ORDER BY seq"
+            "SELECT e.identity, terms_id, terms_sha256, name, email, affiliation, purpose, e.created_at, user_agent"
+            " FROM events e JOIN contacts c ON c.seq = e.seq WHERE kind = 'accepted' ORDER BY e.seq"
         ).fetchall()
 
 
@@ -78,7 +78,8 @@ def test_after_acceptance_the_same_client_streams(running_app: RunningApp) -> No
     terms = Terms.load()
     assert (terms_id, sha) == (terms.id, terms.sha256)
     assert (name, email, affiliation, purpose) == ("山田 太郎", "taro@example.jp", "国立情報学研究所", "研究")
-    assert identity == f"anon:{client.session_hash}" and accepted_at and agent is not None
+    assert identity == identity_of(running_app, receipt) and accepted_at and agent is not None
+    assert client.session_hash not in identity  # the session hash is never an identity
 
 
 def test_a_second_client_is_still_refused(running_app: RunningApp, accepted) -> None:
@@ -193,6 +194,7 @@ def test_api_documents_both_endpoints(running_app: RunningApp) -> None:
         "/chat",
         "/admin_events",
         "/admin_export",
+        "/admin_erase",
         "/admin_feedback",
         "/models",
     }
@@ -248,10 +250,11 @@ def test_concurrent_visitors_never_get_each_others_tokens(running_app: RunningAp
     prompts = ["富士山", "東京大学", "自然言語処理", "こんにちは"]
     request = GOOD | {"temperature": 0, "max_new_tokens": 40}
     alone = [accepted.predict(p, **request, api_name="/chat") for p in prompts]
-    _, receipt = accepted.predict(**FORM, api_name="/accept_terms")
-    clients = [running_app.client() for _ in prompts]
+    clients = [running_app.client() for _ in prompts]  # four visitors, each with their own consent
+    for client in clients:
+        client.predict(**FORM, api_name="/accept_terms")
     with ThreadPoolExecutor(len(prompts)) as pool:
-        together = list(pool.map(lambda cp: cp[0].predict(cp[1], **request, receipt=receipt, api_name="/chat"),
+        together = list(pool.map(lambda cp: cp[0].predict(cp[1], **request, api_name="/chat"),
                                  zip(clients, prompts, strict=True)))  # fmt: skip
     assert together == alone
     assert len(set(alone)) == len(alone)  # the prompts really lead to different replies

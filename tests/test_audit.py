@@ -63,13 +63,14 @@ def drop_guards(engine: Engine) -> None:
 
 
 def test_schema_comes_from_migrations(engine: Engine) -> None:
-    assert {"events", "audit_head", "alembic_version"} <= set(inspect(engine).get_table_names())
+    assert {"events", "contacts", "audit_head", "alembic_version"} <= set(inspect(engine).get_table_names())
     assert "acceptances" not in inspect(engine).get_table_names()
     with engine.connect() as conn:
-        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0002"
+        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0003"
         if engine.dialect.name == "sqlite":
             assert conn.scalar(text("PRAGMA journal_mode")) == "wal"
             assert conn.scalar(text("PRAGMA busy_timeout")) == 30000
+            assert conn.scalar(text("PRAGMA secure_delete")) == 1
     upgrade(engine)  # twice is harmless
 
 
@@ -87,7 +88,7 @@ def test_earlier_acceptances_are_carried_into_the_chain(database_url: str) -> No
             )
     upgrade(engine)
     result = verdict(engine)
-    assert result.ok and result.events == 3
+    assert result.ok and result.events == 4  # three acceptances, sealed under the key by one more event
     assert consent(engine, "session:2")
     engine.dispose()
 
@@ -105,7 +106,7 @@ def test_consent_follows_the_latest_event(engine: Engine) -> None:
     assert verdict(engine).ok
 
 
-@pytest.mark.parametrize("statement", ["UPDATE events SET email = 'x@y.z'", "DELETE FROM events"])
+@pytest.mark.parametrize("statement", ["UPDATE events SET identity = 'anon:x'", "DELETE FROM events"])
 def test_events_cannot_be_changed(engine: Engine, statement: str) -> None:
     accept(engine, "anon:a")
     with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
@@ -114,14 +115,16 @@ def test_events_cannot_be_changed(engine: Engine, statement: str) -> None:
 
 
 TAMPERING = {
-    "edit a field": ["UPDATE events SET email = 'attacker@example.com' WHERE seq = 3"],
-    "delete a row": ["DELETE FROM events WHERE seq = 3"],
+    "edit a field": ["UPDATE events SET identity = 'anon:someone-else' WHERE seq = 3"],
+    # Contact rows refer to their events: a forger removes them first.
+    "delete a row": ["DELETE FROM contacts WHERE seq = 3", "DELETE FROM events WHERE seq = 3"],
     "swap two rows": [
+        "DELETE FROM contacts WHERE seq IN (3, 4)",
         "UPDATE events SET seq = -1 WHERE seq = 3",
         "UPDATE events SET seq = 3 WHERE seq = 4",
         "UPDATE events SET seq = 4 WHERE seq = -1",
     ],
-    "edit and re-hash one row": ["UPDATE events SET name = 'x' WHERE seq = 3"],
+    "edit and re-hash one row": ["UPDATE events SET terms_id = 'x' WHERE seq = 3"],
 }
 
 
@@ -139,7 +142,8 @@ def test_tampering_is_caught_and_named(engine: Engine, database_url: str, how: s
         from db.models import Event
 
         with session_factory(engine)() as s:
-            new_hash = s.get(Event, 3).content_hash()
+            event = s.get(Event, 3)
+            new_hash = audit.keys_of(s).sign(event.key_id, event.hashed_fields())
         with engine.begin() as conn:
             conn.execute(text("UPDATE events SET hash = :h WHERE seq = 3"), {"h": new_hash})
     result = verdict(engine)
@@ -155,6 +159,7 @@ def test_truncating_the_end_is_caught(engine: Engine) -> None:
         accept(engine, f"anon:{n}")
     drop_guards(engine)
     with engine.begin() as conn:
+        conn.execute(text("DELETE FROM contacts WHERE seq = 3"))
         conn.execute(text("DELETE FROM events WHERE seq = 3"))
     result = verdict(engine)
     assert not result.ok and "head records 3 events but the log holds 2" in result.problem

@@ -21,10 +21,15 @@ def test_mixed_writers_never_see_locked(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'gate.sqlite3'}")
     upgrade(engine)
     secret = b"0123456789abcdef0123456789abcdef"
-    gate = Gate(session_factory(engine), Terms.load(), Identities(Receipts(secret, max_age_days=1), secret))
+    identities = Identities(Receipts(secret, max_age_days=1), secret)
+    gate = Gate(session_factory(engine), Terms.load(), identities)
+
+    def anonymous(n: int) -> Caller:
+        anon_id = f"visitor-{n:02d}-0123456789abcdef"
+        return Caller(identities.pseudonym(anon_id), None, None, None, None, anon_id)
 
     def visitor(n: int) -> None:
-        caller = Caller(f"anon:{n}", None, None, None)
+        caller = anonymous(n)
         for _ in range(10):
             gate.accept(caller, FORM)
             gate.acknowledge(caller, WEBLAB)
@@ -36,4 +41,4 @@ def test_mixed_writers_never_see_locked(tmp_path: Path) -> None:
     with session_factory(engine)() as s:
         result = verify(s)
     assert result.ok and result.events == 16 * (10 * 2 + 1 + 1)  # accepts and withdrawals, last accept, one ack
-    assert all(gate.has_consent(Caller(f"anon:{n}", None, None, None)) for n in range(16))
+    assert all(gate.has_consent(anonymous(n)) for n in range(16))

@@ -94,7 +94,7 @@ def test_choosing_a_model_resets_controls_to_its_chat_defaults(model_id: str, tm
     registry = Registry.of(CHECKPOINTS)
     spec = registry.get(model_id)
     inference = Inference(registry, TransformersBackend(models_dir=tmp_path))  # loads nothing
-    handlers = Handlers(gate=None, inference=inference, max_message_chars=10)  # type: ignore[arg-type]
+    handlers = Handlers(gate=None, inference=inference, max_message_chars=10, limits=None, in_flight=None)  # type: ignore[arg-type]
     *values, card_line, licence = ChatPage(handlers, sessions=None).model_changed(model_id, "ja")  # type: ignore[arg-type]
     s = spec.sampling
     assert values[:4] == [s.temperature, s.top_p, s.top_k, s.repetition_penalty]

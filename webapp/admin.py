@@ -2,50 +2,76 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
-import tempfile
+import html
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pandas as pd
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import audit, export
+from db.engine import DatabaseUnavailable, checkpoint
 from db.models import Event, EventKind
 from inference import InvalidInput
-from webapp.errors import NotAdmin
-from webapp.identity import Identities
+from webapp.errors import AuditUnavailable, NotAdmin
 
 EVENT_COLUMNS = ["seq", "time (UTC)", "kind", "identity", "name", "email", "affiliation", "purpose", "detail"]
 
 
 class Admin:
-    """Administrator checks and what the Admin tab and the admin endpoints show."""
+    """Administrator checks and what the Admin tab and the admin endpoints show.
+
+    Every call is checked: a listed Hugging Face account, the admin token
+    itself (API), or a grant the page got by entering the token. A grant is
+    signed, names a fingerprint of the token (changing the token revokes every
+    grant) and expires after ``grant_minutes``; the page keeps it in the
+    browser, so knowing a session hash gives nothing.
+    """
 
     def __init__(
-        self, sessions: sessionmaker[Session], identities: Identities, *, users: frozenset[str], token: str | None
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        users: frozenset[str],
+        token: str | None,
+        secret: bytes,
+        grant_minutes: int = 30,
     ) -> None:
         self.sessions = sessions
-        self.identities = identities
         self.users = users
         self._token = token
-        # One file, rewritten on each refresh: Gradio copies what it serves into its own cache.
-        self._report = Path(tempfile.mkdtemp(prefix="llmjp-export-")) / "access-report.csv"
+        self._fingerprint = hmac.new(secret, (token or "").encode(), hashlib.sha256).hexdigest()[:32]
+        self._grants = URLSafeTimedSerializer(
+            secret, salt="llmjp-demo/admin-grant", signer_kwargs={"digest_method": hashlib.sha256}
+        )
+        self.grant_seconds = grant_minutes * 60
 
-    def is_admin(self, profile: gr.OAuthProfile | None, token: str | None) -> bool:
-        """A listed Hugging Face user, or the holder of the admin token."""
+    def is_admin(self, profile: gr.OAuthProfile | None, credential: object) -> bool:
+        """A listed Hugging Face user, the holder of the admin token, or of an unexpired grant."""
         username = getattr(profile, "username", None) if profile is not None else None
         if username and username in self.users:
             return True
-        return bool(self._token and token and hmac.compare_digest(self._token.encode(), token.encode()))
+        if not (self._token and isinstance(credential, str) and credential) or len(credential) > 1024:
+            return False
+        if hmac.compare_digest(self._token.encode(), credential.encode("utf-8", "replace")):
+            return True
+        try:
+            named = self._grants.loads(credential, max_age=self.grant_seconds)
+        except (BadSignature, ValueError, TypeError, UnicodeError):
+            return False
+        return isinstance(named, str) and hmac.compare_digest(named, self._fingerprint)
 
-    def require(self, profile: gr.OAuthProfile | None, token: str | None) -> None:
+    def require(self, profile: gr.OAuthProfile | None, credential: object) -> None:
         """Raise ``NotAdmin`` unless the caller is an administrator."""
-        if not self.is_admin(profile, token):
+        if not self.is_admin(profile, credential):
             raise NotAdmin()
 
     # -- what administrators see ---------------------------------------------
@@ -70,20 +96,19 @@ class Admin:
                 "time (UTC)": e.created_at.isoformat(timespec="seconds"),
                 "kind": e.kind,
                 "identity": e.identity,
-                "name": e.name or "",
-                "email": e.email or "",
-                "affiliation": e.affiliation or "",
-                "purpose": e.purpose or "",
-                "detail": " ".join(x for x in (e.terms_id, e.licence, e.model_id, e.reason) if x),
+                **{k: v for k, v in audit.contact_of(e).items() if k != "user_agent"},
+                "detail": " ".join(x for x in (e.terms_id, e.licence, e.model_id, e.reason, e.detail) if x),
             }
             for e in events
         ]
 
     def report(self, fmt: str, since: str = "") -> str:
         """The access report as CSV or JSON text."""
-        if fmt not in ("csv", "json"):
+        if not isinstance(fmt, str) or fmt not in ("csv", "json"):
             raise InvalidInput("format は csv か json です。", "format must be csv or json.")
         try:
+            if not isinstance(since, str) or len(since) > 64:
+                raise ValueError(since)
             start = export.parse_since(since) if since else None
         except ValueError:
             raise InvalidInput(
@@ -102,7 +127,10 @@ class Admin:
     ) -> list[dict[str, Any]]:
         """The latest audit events (administrators only)."""
         self.require(profile, admin_token)
-        return self.latest(max(1, min(int(limit), 1000)))
+        if type(limit) is not int or not 1 <= limit <= 1000:
+            raise InvalidInput("limit は 1〜1000 の整数です。", "limit must be a whole number from 1 to 1000.")
+        self.record(profile, admin_token, f"admin_events limit={limit}")
+        return self.latest(limit)
 
     def admin_export(
         self,
@@ -113,18 +141,69 @@ class Admin:
     ) -> str:
         """The access report as CSV or JSON text (administrators only)."""
         self.require(profile, admin_token)
+        self.record(profile, admin_token, f"admin_export format={format} since={since}"[:300])
         return self.report(format, since)
 
     def dashboard(
-        self, admin_token: str | None, profile: gr.OAuthProfile | None
+        self, credential: str | None, profile: gr.OAuthProfile | None
     ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-        """The Admin tab's plot, table and a CSV download."""
-        self.require(profile, admin_token)
+        """The Admin tab's plot, table and the access report as a download link.
+
+        The report travels inside the (administrator-only) response as a data
+        link: it is never written to disk, so no copy is left for others to fetch.
+        """
+        self.require(profile, credential)
+        self.record(profile, credential, "dashboard: latest events and access report")
         events = pd.DataFrame(self.latest(), columns=EVENT_COLUMNS)
-        self._report.write_text(self.report("csv"), encoding="utf-8")
-        return self.per_day(), events, str(self._report)
+        return self.per_day(), events, download_link(self.report("csv"), "access-report.csv", "text/csv")
 
     def sign_in(self, admin_token: str, profile: gr.OAuthProfile | None) -> tuple[str, Any]:
-        """Check an admin token typed on the page; keeps it in server-side session state."""
+        """Check an admin token typed on the page; returns a short-lived grant for the browser to keep."""
+        if not (self._token and isinstance(admin_token, str)) or not hmac.compare_digest(
+            self._token.encode(), admin_token.encode("utf-8", "replace")
+        ):
+            self.require(profile, None)  # a listed account needs no token
+        return self._grants.dumps(self._fingerprint), gr.Tab(visible=True)
+
+    # -- what administrators do, on the record ----------------------------------
+
+    def who(self, profile: gr.OAuthProfile | None, credential: object) -> str:
+        """The administrator as the log names them: their account, else how they proved it."""
+        username = getattr(profile, "username", None) if profile is not None else None
+        if username and username in self.users:
+            return f"hf:{username}"
+        if (
+            self._token
+            and isinstance(credential, str)
+            and hmac.compare_digest(self._token.encode(), credential.encode("utf-8", "replace"))
+        ):
+            return "admin:token"
+        return "admin:grant"
+
+    def record(self, profile: gr.OAuthProfile | None, credential: object, action: str) -> None:
+        """Record an administrator's view or export before showing anything; unrecorded means not shown."""
+        try:
+            with self.sessions.begin() as session:
+                audit.admin_access(session, who=self.who(profile, credential), action=action)
+        except (SQLAlchemyError, DatabaseUnavailable, OSError):
+            raise AuditUnavailable() from None
+
+    def admin_erase(self, admin_token: str = "", identity: str = "", profile: gr.OAuthProfile | None = None) -> str:
+        """Erase one identity's contact fields (administrators only); the erasure is itself an event."""
         self.require(profile, admin_token)
-        return admin_token, gr.Tab(visible=True)
+        if not isinstance(identity, str) or not identity.strip() or len(identity) > 200:
+            raise InvalidInput("identity を指定してください。", "Give the identity to erase, as the report shows it.")
+        try:
+            with self.sessions.begin() as session:
+                count = audit.erase(session, identity=identity.strip(), by=self.who(profile, admin_token))
+            checkpoint(self.sessions.kw["bind"])
+        except (SQLAlchemyError, DatabaseUnavailable, OSError):
+            raise AuditUnavailable() from None
+        return f"{count} 件の連絡先を消去しました。 / Erased {count} contact record(s)."
+
+
+def download_link(text: str, filename: str, mime: str) -> str:
+    """HTML for a link that downloads ``text`` as ``filename``, with the content inside the link itself."""
+    data = base64.b64encode(text.encode("utf-8")).decode("ascii")
+    label = f"{html.escape(filename)} をダウンロード / Download {html.escape(filename)}"
+    return f'<a download="{html.escape(filename)}" href="data:{mime};charset=utf-8;base64,{data}">{label}</a>'

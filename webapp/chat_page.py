@@ -30,7 +30,7 @@ import gradio as gr
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import feedback
-from inference import AppError
+from inference import AppError, SamplingOptions
 from inference.progress import Downloading, Finished, Loading, Queued, Trimmed
 from webapp.handlers import Handlers, licence_markdown
 from webapp.i18n import pick, say, t
@@ -202,15 +202,23 @@ class ChatPage:
             yield _SKIP5
             return
         shown = _plain(shown)
+        # Claimed before the checks, so a second Enter cannot slip in while they run.
+        stopped = self._stops[key] = asyncio.Event()
+        stream = self.handlers.stream_reply(
+            r.request, r.profile, r.receipt, text, r.model_id, to_history(shown), r.sampling
+        )
         try:
-            past, text, options = await self.handlers.prepare(
-                r.request, r.profile, r.receipt, text, r.model_id, r.sampling, to_history(shown)
-            )
-        except AppError as exc:
-            gr.Warning(pick(r.lang, exc.ja, exc.en), title=say(r.lang, "notice_title"))
+            await anext(stream)  # every check; the first item says the reply is admitted
+        except (AppError, StopAsyncIteration) as exc:
+            self._stops.pop(key, None)
+            await stream.aclose()
+            if isinstance(exc, AppError):
+                gr.Warning(pick(r.lang, exc.ja, exc.en), title=say(r.lang, "notice_title"))
             yield _SKIP5
             return
-        stopped = self._stops[key] = asyncio.Event()
+        except BaseException:
+            self._stops.pop(key, None)
+            raise
         spec = self.registry.get(r.model_id)
         rid = uuid.uuid4().hex[:12]
         started = datetime.now(UTC)
@@ -218,7 +226,7 @@ class ChatPage:
             "model_id": spec.id,
             "model_label": spec.label,
             "revision": None,
-            "sampling": options.model_dump(),
+            "sampling": SamplingOptions.parse(**r.sampling).model_dump(),  # as admitted
             "started_at": started.isoformat(timespec="seconds"),
         }
         user = {"role": "user", "content": text}
@@ -236,12 +244,11 @@ class ChatPage:
         reply, finished, dropped, was_stopped = "", None, 0, False
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        stream = self.handlers.inference.stream(r.model_id, past, text, options)
         try:
             async with contextlib.aclosing(stream):
                 while True:
                     try:
-                        item = await _next_or_stop(stream, stopped)
+                        _, item = await _next_or_stop(stream, stopped)
                     except StopAsyncIteration:
                         break
                     except _Stopped:

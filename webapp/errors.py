@@ -54,13 +54,39 @@ class NotAdmin(AppError):
         super().__init__("管理者のみが利用できます。", "Only administrators may do this.")
 
 
+class AuditUnavailable(AppError):
+    """The audit database cannot be read or written just now; nothing was recorded, the chat stays locked."""
+
+    def __init__(self, *, withdrawal: bool = False) -> None:
+        if withdrawal:
+            super().__init__(
+                "撤回を記録できませんでした。このサーバーではチャットをロックしました。"
+                "しばらくしてからもう一度撤回してください。",
+                "Your withdrawal could not be recorded. The chat is locked on this server;"
+                " please withdraw again later so that it is recorded.",
+            )
+        else:
+            super().__init__(
+                "記録できませんでした。しばらくしてからもう一度お試しください(それまでチャットはロックされます)。",
+                "Could not record this. Please try again later (the chat stays locked until then).",
+            )
+
+
 class InvalidForm(InvalidInput):
     """The acceptance form is incomplete or malformed; nothing was recorded."""
+
+    def __init__(self, ja: str, en: str, *, fields: list[str] | None = None) -> None:
+        super().__init__(ja, en)
+        self.fields = fields or []
+        """The form fields that need attention, by name."""
 
 
 def _to_gr_error(exc: Exception) -> gr.Error:
     if isinstance(exc, AppError):
-        return gr.Error(str(exc), title="エラー / Error")
+        # Expected: a refusal or bad input. One line, naming the kind only (the
+        # message may quote what the visitor typed), and no traceback.
+        log.info("refused: %s", type(exc).__name__)
+        return gr.Error(str(exc), title="エラー / Error", print_exception=False)
     # Anything else is a bug: log it in full, show the visitor no internals.
     log.exception("unexpected error in a handler")
     return gr.Error(

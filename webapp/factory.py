@@ -18,6 +18,7 @@ from webapp.admin import Admin
 from webapp.consent import Gate
 from webapp.handlers import Handlers
 from webapp.identity import Identities
+from webapp.ratelimit import InFlight, RateLimits, Rates
 from webapp.receipts import Receipts
 from webapp.settings import Settings
 from webapp.terms import Terms
@@ -77,7 +78,8 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
     tokens); ``terms`` replaces the shipped terms (tests change the text).
     """
     engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    keys = settings.audit_keyring()
+    upgrade(engine, keys=keys)
     registry = catalog(settings)
     backend = backend or TransformersBackend(
         models_dir=settings.models_dir,
@@ -86,11 +88,18 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
         offline=settings.offline,
     )
     secret = settings.server_secret()
-    sessions = session_factory(engine)
-    identities = Identities(Receipts(secret, max_age_days=settings.receipt_days), secret)
+    sessions = session_factory(engine, keys)
+    identities = Identities(
+        Receipts(secret, max_age_days=settings.receipt_days), secret, trusted_proxies=settings.trusted_proxies
+    )
     terms = terms or Terms.load()
+    in_flight = InFlight(per_identity=settings.max_replies_per_identity, per_address=settings.max_replies_per_address)
+    gate = Gate(
+        sessions, terms, identities, on_withdraw=in_flight.cancel, retention_days=settings.contact_retention_days
+    )
+    gate.sweep()
     handlers = Handlers(
-        gate=Gate(sessions, terms, identities),
+        gate=gate,
         inference=Inference(
             registry,
             backend,
@@ -99,12 +108,20 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
             remote_concurrency=settings.remote_concurrency,
         ),
         max_message_chars=settings.max_message_chars,
+        limits=RateLimits(
+            {
+                "chat": Rates(settings.rate_chat, settings.rate_chat_address),
+                "consent": Rates(settings.rate_consent, settings.rate_consent_address),
+            }
+        ),
+        in_flight=in_flight,
     )
     admin = Admin(
         sessions,
-        identities,
         users=settings.admins,
         token=settings.admin_token.get_secret_value() if settings.admin_token else None,
+        secret=secret,
+        grant_minutes=settings.admin_grant_minutes,
     )
     demo = ui.build(
         handlers=handlers,

@@ -13,52 +13,96 @@ from typing import Any, Literal
 import gradio as gr
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from inference import Inference, InvalidInput, Message, ModelSpec, SamplingOptions
+from inference import AppError, Inference, InvalidInput, Message, ModelSpec, SamplingOptions
+from inference.progress import Status
 from webapp.consent import AcceptanceForm, Gate
 from webapp.errors import ConsentRequired, LicenceNotAcknowledged
 from webapp.identity import Caller
 from webapp.models_info import catalogue, chat_defaults
+from webapp.ratelimit import InFlight, RateLimits
+from webapp.text import require_encodable, visible
 
 MAX_TURNS = 200
+# One turn of a conversation: a message, or a reply of up to 2048 tokens.
+MAX_TURN_CHARS = 20_000
+# A history is bounded relative to the model's context before anything else
+# looks at it: far more characters than the context holds in tokens cannot be
+# a real conversation with this model. (Fitting by tokens, dropping the oldest
+# turns, happens when the prompt is prepared.)
+HISTORY_CHARS_PER_CONTEXT_TOKEN = 8
 
 
 class _Turn(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["user", "assistant"]
-    content: str = Field(max_length=100_000)
+    content: str = Field(max_length=MAX_TURN_CHARS)
 
 
 _HISTORY = TypeAdapter(list[_Turn])
 
 
-def _text_of(content: Any) -> str:
+def _text_of(content: Any) -> Any:
     """A chat message's text, whether Gradio gives a string or a list of parts."""
-    if isinstance(content, str):
-        return content
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
+        return "".join(
+            p["text"]
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        )
+    return content
 
 
-def parse_history(history: list[dict[str, Any]] | None) -> list[Message]:
-    """Validate a client-supplied history into messages; raises ``InvalidInput``."""
-    if not history:
+class HistoryTooLong(InvalidInput):
+    """The history is beyond any conversation the model could hold; nothing was generated."""
+
+    def __init__(self, chars: int, limit: int) -> None:
+        super().__init__(
+            f"会話の履歴が長すぎます({chars} 文字、このモデルでは {limit} 文字まで)。古い発言を削除するか、新しい会話を始めてください。",
+            f"The conversation history is too long ({chars} characters; at most {limit} for this model). Drop older turns or start a new chat.",
+        )
+
+
+def parse_history(history: object, *, max_chars: int | None = None) -> list[Message]:
+    """Validate a client-supplied history into messages; raises ``InvalidInput``.
+
+    Cheap checks first, in the request's own thread: the number of turns, each
+    turn's length, then the total against ``max_chars``.
+    """
+    if history is None or history == []:
         return []
+    malformed = InvalidInput(
+        "history は {'role': 'user'|'assistant', 'content': 文字列} のリストにしてください。",
+        "history must be a list of {'role': 'user'|'assistant', 'content': str}.",
+    )
+    if not isinstance(history, list):
+        raise malformed
+    if len(history) > MAX_TURNS:
+        raise InvalidInput(
+            f"会話が長すぎます(最大 {MAX_TURNS} 発言)。新しい会話を始めてください。",
+            f"The conversation is too long (at most {MAX_TURNS} turns). Start a new chat.",
+        )
     try:
         turns = _HISTORY.validate_python(
             [{**t, "content": _text_of(t.get("content"))} if isinstance(t, dict) else t for t in history]
         )
     except ValidationError:
-        raise InvalidInput(
-            "history は {'role': 'user'|'assistant', 'content': 文字列} のリストにしてください。",
-            "history must be a list of {'role': 'user'|'assistant', 'content': str}.",
-        ) from None
-    if len(turns) > MAX_TURNS:
-        raise InvalidInput(
-            f"会話が長すぎます(最大 {MAX_TURNS} 発言)。チャットを消去してください。",
-            f"The conversation is too long (at most {MAX_TURNS} turns). Clear the chat.",
-        )
+        raise malformed from None
+    for turn in turns:
+        require_encodable(turn.content, "会話の履歴", "history")
+    total = sum(len(t.content) for t in turns)
+    if max_chars is not None and total > max_chars:
+        raise HistoryTooLong(total, max_chars)
     return [{"role": t.role, "content": t.content} for t in turns]
+
+
+class ReplyStopped(AppError):
+    """The reply was stopped on the server because the visitor withdrew consent."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "同意が撤回されたため、返答の生成を停止しました。",
+            "The reply was stopped because consent was withdrawn.",
+        )
 
 
 def _sampling(
@@ -80,12 +124,22 @@ def _sampling(
 class Handlers:
     """The server side of terms, consent and chat."""
 
-    def __init__(self, *, gate: Gate, inference: Inference, max_message_chars: int) -> None:
+    def __init__(
+        self,
+        *,
+        gate: Gate,
+        inference: Inference,
+        max_message_chars: int,
+        limits: RateLimits,
+        in_flight: InFlight,
+    ) -> None:
         self.gate = gate
         self.inference = inference
         self.max_message_chars = max_message_chars
+        self.limits = limits
+        self.in_flight = in_flight
 
-    def caller(self, request: gr.Request | None, profile: gr.OAuthProfile | None, receipt: str | None) -> Caller:
+    def caller(self, request: gr.Request | None, profile: gr.OAuthProfile | None, receipt: object) -> Caller:
         """The caller, from their account, receipt or session."""
         return self.gate.identities.caller(request, profile, receipt)
 
@@ -104,6 +158,7 @@ class Handlers:
     ) -> tuple[str, str]:
         """Record acceptance of the current terms; returns a message and a receipt for later visits."""
         caller = self.caller(request, profile, receipt)
+        self.limits.check("consent", caller)
         form = AcceptanceForm.parse(name=name, email=email, affiliation=affiliation, purpose=purpose, agree=agree)
         token = self.gate.accept(caller, form)
         terms = self.gate.terms
@@ -119,8 +174,10 @@ class Handlers:
         request: gr.Request = None,  # type: ignore[assignment]
         profile: gr.OAuthProfile | None = None,
     ) -> str:
-        """Withdraw consent: the chat locks at once, and the withdrawal is recorded."""
-        self.gate.withdraw(self.caller(request, profile, receipt))
+        """Withdraw consent: the chat locks and replies in flight stop at once, and the withdrawal is recorded."""
+        caller = self.caller(request, profile, receipt)
+        self.limits.check("consent", caller)
+        self.gate.withdraw(caller)
         return "同意を撤回しました。チャットはロックされました。 / Consent withdrawn; the chat is locked."
 
     def acknowledge_licence(
@@ -131,54 +188,69 @@ class Handlers:
         profile: gr.OAuthProfile | None = None,
     ) -> str:
         """Acknowledge the licence of ``model_id`` (needed once for non-commercial licences)."""
+        caller = self.caller(request, profile, receipt)
+        self.limits.check("consent", caller)
         spec = self.inference.registry.get(model_id)
-        self.gate.acknowledge(self.caller(request, profile, receipt), spec)
+        self.gate.acknowledge(caller, spec)
         return f"{spec.license.name} の条件を確認しました。 / Acknowledged: {spec.license.name}."
 
     # -- chat ----------------------------------------------------------------
 
-    def _admit(
-        self, caller: Caller, message: str, model_id: str, sampling: dict[str, Any]
-    ) -> tuple[str, SamplingOptions]:
-        """All checks before any token is generated: the gate first, then the input."""
-        spec = self.inference.registry.get(model_id)
+    def _admit(self, caller: Caller, message: object, spec: ModelSpec, sampling: dict[str, Any]) -> SamplingOptions:
+        """The gate, then the message and the options: all before any token is generated."""
         self.gate.admit(caller, spec)
-        if not isinstance(message, str) or not message.strip():
+        if not isinstance(message, str) or not visible(message):
             raise InvalidInput("メッセージを入力してください。", "Please type a message.")
         if len(message) > self.max_message_chars:
             raise InvalidInput(
                 f"メッセージが長すぎます({len(message)} 文字、上限 {self.max_message_chars} 文字)。",
                 f"The message is too long ({len(message)} characters; the limit is {self.max_message_chars}).",
             )
-        return message, SamplingOptions.parse(**sampling)
+        require_encodable(message, "メッセージ", "message")
+        return SamplingOptions.parse(**sampling)
 
-    async def _admitted(
+    async def _stream(
         self,
         request: gr.Request | None,
         profile: gr.OAuthProfile | None,
-        receipt: str | None,
-        message: str,
-        model_id: str,
+        receipt: object,
+        message: Any,
+        model_id: Any,
+        history: Any,
         sampling: dict[str, Any],
-    ) -> tuple[str, SamplingOptions]:
-        # The gate reads (and on refusal writes) the database: off the event loop.
+    ) -> AsyncIterator[tuple[list[Message], str | Status | None]]:
+        """Every check, then the reply: yields the validated history with ``None`` once admitted, then with
+        each item of the stream.
+
+        Cheap checks (rate, shape and size of the input) run here; the gate
+        reads (and on refusal writes) the database, so it runs off the event
+        loop. The reply holds one of the caller's in-flight slots, whose stop
+        event a withdrawal of consent sets.
+        """
         caller = self.caller(request, profile, receipt)
-        return await asyncio.to_thread(self._admit, caller, message, model_id, sampling)
+        self.limits.check("chat", caller)
+        spec = self.inference.registry.get(model_id)
+        past = parse_history(history, max_chars=spec.context * HISTORY_CHARS_PER_CONTEXT_TOKEN)
+        options = await asyncio.to_thread(self._admit, caller, message, spec, sampling)
+        with self.in_flight.hold(caller) as ticket:
+            yield past, None
+            async for item in self.inference.stream(spec.id, past, message, options, stop=ticket.stop):
+                yield past, item
+            if ticket.withdrawn:
+                raise ReplyStopped()
 
-    async def prepare(
+    def stream_reply(
         self,
         request: gr.Request | None,
         profile: gr.OAuthProfile | None,
-        receipt: str | None,
-        message: str,
-        model_id: str,
+        receipt: object,
+        message: Any,
+        model_id: Any,
+        history: Any,
         sampling: dict[str, Any],
-        history: list[dict[str, Any]] | None,
-    ) -> tuple[list[Message], str, SamplingOptions]:
-        """Every check before a reply: the history, the gate, the message and the sampling."""
-        past = parse_history(history)
-        text, options = await self._admitted(request, profile, receipt, message, model_id, sampling)
-        return past, text, options
+    ) -> AsyncIterator[tuple[list[Message], str | Status | None]]:
+        """The page's way in: the same checks and reply as the API (see ``_stream``)."""
+        return self._stream(request, profile, receipt, message, model_id, history, sampling)
 
     async def chat_api(
         self,
@@ -203,17 +275,17 @@ class Handlers:
         spec = self.inference.registry.get(model_id)
         given = _sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens) | {"seed": seed}
         sampling = chat_defaults(spec).model_dump() | {k: v for k, v in given.items() if v is not None}
+        reply = ""
         try:
-            past, text, options = await self.prepare(request, profile, receipt, message, model_id, sampling, history)
+            async for _, item in self._stream(request, profile, receipt, message, model_id, history, sampling):
+                if isinstance(item, str):
+                    reply += item
+                    yield reply
+        # An API caller has no tabs: the refusal names the endpoint to call.
         except ConsentRequired:
             raise ConsentRequired(api=True) from None
         except LicenceNotAcknowledged as exc:
             raise LicenceNotAcknowledged(exc.model_label, exc.licence, api=True) from None
-        reply = ""
-        async for item in self.inference.stream(model_id, past, text, options):
-            if isinstance(item, str):
-                reply += item
-                yield reply
 
     def models(self) -> list[dict[str, Any]]:
         """The offered models: id, label, architecture, dense or MoE, context, licence, default sampling, loaded."""

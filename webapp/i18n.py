@@ -35,6 +35,7 @@ TEXTS: dict[str, tuple[str, str]] = {
     "purpose": ("利用目的 *", "Intended use *"),
     "agree": ("上記の利用規約に同意します *", "I agree to the terms of use above *"),
     "accept": ("同意する", "Accept"),
+    "privacy": ("個人情報の取り扱い", "Privacy notice"),
     "withdraw": ("同意を撤回する…", "Withdraw consent…"),
     "withdraw_confirm": (
         "**同意を撤回しますか?** チャットはすぐにロックされ、撤回したことが監査ログに記録されます。"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -11,7 +9,7 @@ import pandas as pd
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import feedback
-from webapp.admin import Admin
+from webapp.admin import Admin, download_link
 
 
 class Ratings:
@@ -20,19 +18,20 @@ class Ratings:
     def __init__(self, sessions: sessionmaker[Session], admin: Admin) -> None:
         self.sessions = sessions
         self.admin = admin
-        self._export = Path(tempfile.mkdtemp(prefix="llmjp-ratings-")) / "ratings.csv"
 
-    def dashboard(self, admin_token: str | None, profile: gr.OAuthProfile | None) -> tuple[pd.DataFrame, str]:
-        """Counts per model, and every rating as a CSV download."""
-        self.admin.require(profile, admin_token)
+    def dashboard(self, credential: str | None, profile: gr.OAuthProfile | None) -> tuple[pd.DataFrame, str]:
+        """Counts per model, and every rating as a CSV download link (never written to disk)."""
+        self.admin.require(profile, credential)
+        self.admin.record(profile, credential, "dashboard: ratings")  # shared conversations are personal data
         with self.sessions() as session:
             counts = feedback.counts(session)
             rows = feedback.rows(session)
-        self._export.write_text(feedback.to_csv(rows), encoding="utf-8")
-        return pd.DataFrame(counts, columns=["model_id", "up", "down"]), str(self._export)
+        link = download_link(feedback.to_csv(rows), "ratings.csv", "text/csv")
+        return pd.DataFrame(counts, columns=["model_id", "up", "down"]), link
 
     def admin_feedback(self, admin_token: str = "", profile: gr.OAuthProfile | None = None) -> dict[str, Any]:
         """Ratings per model and every rating (administrators only)."""
         self.admin.require(profile, admin_token)
+        self.admin.record(profile, admin_token, "admin_feedback")
         with self.sessions() as session:
             return {"counts": feedback.counts(session), "ratings": feedback.rows(session)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from pathlib import Path
@@ -10,8 +12,10 @@ from pydantic import AliasChoices, AnyHttpUrl, BaseModel, ConfigDict, Field, Sec
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from db.chain import Keyring
 from inference import hub
 from inference.registry import Server
+from webapp.ratelimit import valid_rate
 
 # Hugging Face Spaces mounts persistent storage here when it is enabled.
 SPACES_PERSISTENT_DIR = Path("/data")
@@ -72,7 +76,50 @@ class Settings(BaseSettings):
     )
     admin_users: str = Field("", description="Comma-separated Hugging Face usernames allowed the Admin tab.")
     admin_token: SecretStr | None = Field(None, description="Token that grants the admin endpoints.")
+    audit_key: SecretStr | None = Field(
+        None,
+        description="Signs the audit chain (HMAC-SHA256); derived from the server secret when unset. Keep it "
+        "out of the database and its backups.",
+    )
+    audit_old_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description='Retired audit keys, as JSON ["old-key", ...]: events signed before a rotation still verify.',
+    )
+    contact_retention_days: int | None = Field(
+        None, ge=1, description="Erase contact fields older than this many days; unset keeps them."
+    )
     hub_offline: bool = Field(False, validation_alias=AliasChoices("HF_HUB_OFFLINE", "LLMJP_HUB_OFFLINE"))
+    admin_grant_minutes: int = Field(
+        30, ge=1, le=24 * 60, description="How long the page's admin sign-in lasts before the token is asked again."
+    )
+    trusted_proxies: int = Field(
+        default_factory=lambda: 1 if os.environ.get("SPACE_ID") else 0,
+        ge=0,
+        le=8,
+        description="Proxies in front of the app that append to X-Forwarded-For (1 on Spaces, else 0).",
+    )
+    rate_chat: str = Field("20/minute", description="Chat requests per caller (identity, else address).")
+    rate_chat_address: str = Field("60/minute", description="Chat requests per client address.")
+    rate_consent: str = Field("10/minute", description="Acceptances, withdrawals and acknowledgements per caller.")
+    rate_consent_address: str = Field("30/minute", description="The same per client address.")
+    max_replies_per_identity: int = Field(
+        2, ge=1, le=64, description="Replies one caller may have waiting or running at once."
+    )
+    max_replies_per_address: int = Field(
+        6, ge=1, le=1024, description="Replies one client address may have waiting or running at once."
+    )
+    allowed_origins: str = Field(
+        "", description="Comma-separated extra origins allowed to call the app from a browser when sign-in is on."
+    )
+    max_file_size: str = Field("1mb", description="Largest upload Gradio accepts (the app itself takes none).")
+
+    @field_validator("rate_chat", "rate_chat_address", "rate_consent", "rate_consent_address")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        try:
+            return valid_rate(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate such as '20/minute': {value!r}") from exc
 
     @field_validator("models")
     @classmethod
@@ -124,6 +171,15 @@ class Settings(BaseSettings):
         if len(value) < 32:
             raise RuntimeError(f"{path} is too short to be a secret; delete it to have a new one made")
         return value.encode()
+
+    def audit_keyring(self) -> Keyring:
+        """The key that signs new audit events, and the retired ones that still verify old events."""
+        current = (
+            self.audit_key.get_secret_value().encode()
+            if self.audit_key
+            else hmac.new(self.server_secret(), b"llmjp-demo/audit-key", hashlib.sha256).digest()
+        )
+        return Keyring.of(current, (k.get_secret_value().encode() for k in self.audit_old_keys))
 
     @property
     def token(self) -> str | None:

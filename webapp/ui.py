@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import gradio as gr
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.middleware import Middleware
 
 from inference import Registry
-from webapp import ui_chat, ui_terms
+from webapp import privacy, ui_chat, ui_terms
 from webapp.admin import EVENT_COLUMNS, Admin
 from webapp.chat_page import ChatPage
 from webapp.errors import user_errors
+from webapp.guard import Guard
 from webapp.handlers import Handlers
 from webapp.i18n import HEAD, I18N, t
 from webapp.ratings import Ratings
+from webapp.settings import Settings
 from webapp.terms import Terms
 
 TITLE = "LLM-jp チャット / LLM-jp Chat"
@@ -48,16 +52,29 @@ html[lang^="ja"] .toast-title.success::before { content: "完了"; }
 FONTS = ["Noto Sans CJK JP", "Noto Sans JP", "Hiragino Sans", "Yu Gothic", "Meiryo", "system-ui", "sans-serif"]
 
 
-def launch_options() -> dict[str, Any]:
-    """Arguments for ``demo.launch`` that belong to the look and language of the page."""
+def launch_options(settings: Settings | None = None) -> dict[str, Any]:
+    """Arguments for ``demo.launch``: the look and language of the page, and the limits of the web server."""
     # Local fonts only: the page must not wait on a font service, and Japanese
     # must render with a CJK face rather than boxes.
-    return {
+    options: dict[str, Any] = {
         "theme": gr.themes.Default(font=FONTS, font_mono=["Noto Sans Mono CJK JP", "monospace"]),
         "css": CSS,
         "head": HEAD,
         "i18n": I18N,
     }
+    if settings is not None:
+        # The app reads X-Forwarded-For itself, trusting exactly the configured
+        # proxies (webapp.identity.client_address); uvicorn must not rewrite the
+        # peer address from it first, which it does for local peers by default.
+        os.environ["FORWARDED_ALLOW_IPS"] = ""
+        allowed = frozenset(o.strip() for o in settings.allowed_origins.split(",") if o.strip())
+        options |= {
+            "max_file_size": settings.max_file_size,
+            "app_kwargs": {
+                "middleware": [Middleware(Guard, same_origin=settings.oauth or bool(allowed), allowed=allowed)]
+            },
+        }
+    return options
 
 
 @dataclass
@@ -66,9 +83,9 @@ class _AdminView:
     sign_in: gr.Button
     plot: gr.BarPlot
     events: gr.Dataframe
-    download: gr.File
+    download: gr.HTML
     ratings: gr.Dataframe
-    ratings_download: gr.File
+    ratings_download: gr.HTML
     refresh: gr.Button
 
 
@@ -77,9 +94,11 @@ def _render_admin() -> _AdminView:
     refresh = gr.Button(t("refresh"), size="sm")
     plot = gr.BarPlot(x="day", y="acceptances", y_lim=[0, None], sort="x", title=t("per_day"))
     events = gr.Dataframe(headers=EVENT_COLUMNS, datatype="str", label=t("latest_events"), wrap=True)
-    download = gr.File(label=t("access_report"))
+    gr.Markdown(t("access_report"))
+    download = gr.HTML("")
     ratings = gr.Dataframe(headers=["model_id", "up", "down"], label=t("feedback_counts"))
-    ratings_download = gr.File(label=t("feedback_export"))
+    gr.Markdown(t("feedback_export"))
+    ratings_download = gr.HTML("")
     return _AdminView(
         gr.Textbox(render=False), gr.Button(render=False), plot, events, download, ratings, ratings_download, refresh
     )
@@ -103,10 +122,11 @@ def build(
         Ratings(sessions, admin),
     )
     with gr.Blocks(title=TITLE) as demo:
-        # The receipt lives in the browser (encrypted with the server secret);
-        # the admin token, once checked, only in server-side session state.
+        # The receipt and the admin grant live in the browser (encrypted with the
+        # server secret) and come with each request: nothing server-side is
+        # keyed by the session hash alone.
         receipt = gr.BrowserState(None, storage_key="llmjp-demo-receipt", secret=secret)
-        admin_token = gr.State("")
+        admin_grant = gr.BrowserState("", storage_key="llmjp-demo-admin", secret=secret)
         with gr.Row(elem_id="page-header"):
             gr.Markdown(t("heading"))
             lang = gr.Radio(
@@ -122,7 +142,7 @@ def build(
                 gr.LoginButton("Hugging Face でサインイン / Sign in with Hugging Face", size="sm", scale=0)
         with gr.Tabs(selected="terms") as tabs:
             with gr.Tab(t("terms_tab"), id="terms"):
-                form = ui_terms.render(terms)
+                form = ui_terms.render(terms, lambda: privacy.render(handlers.gate.retention_days, label=t("privacy")))
                 with gr.Accordion(t("admins"), open=False):
                     token_box = gr.Textbox(label=t("admin_token"), type="password", max_lines=1)
                     sign_in = gr.Button(t("admin_open"), size="sm")
@@ -154,7 +174,7 @@ def build(
             }
 
         state_outputs = [tabs, chat_tab, form.withdraw, chat.acknowledge, admin_tab]
-        state_inputs = [chat.model, receipt, admin_token]
+        state_inputs = [chat.model, receipt, admin_grant]
         # The page's language comes from the browser (or the visitor's saved choice).
         demo.load(None, None, lang, js="() => (window.llmjpInit ? window.llmjpInit() : 'ja')", **private)
         lang.input(None, lang, lang, js="(l) => window.llmjpSetLang(l)", **private)
@@ -168,8 +188,9 @@ def build(
             api_name="page_accept",
             **private,
         ).then(user_errors(page_state), state_inputs, state_outputs, api_name="page_unlock", **private)
-        form.withdraw.click(lambda: gr.Group(visible=True), None, form.confirm, queue=False, **private)
-        form.confirm_no.click(lambda: gr.Group(visible=False), None, form.confirm, queue=False, **private)
+        # Showing and hiding the confirmation runs in the browser alone.
+        form.withdraw.click(None, None, form.confirm, js="() => ({visible: true, __type__: 'update'})", **private)
+        form.confirm_no.click(None, None, form.confirm, js="() => ({visible: false, __type__: 'update'})", **private)
         form.confirm_yes.click(
             user_errors(terms_page.withdraw),
             [receipt, lang],
@@ -209,15 +230,16 @@ def build(
         view.sign_in.click(
             user_errors(admin.sign_in),
             view.token_box,
-            [admin_token, admin_tab],
+            [admin_grant, admin_tab],
             api_name="page_admin_sign_in",
             **private,
-        ).success(user_errors(admin.dashboard), admin_token, dashboard, api_name="page_admin_open", **private)
+        ).success(user_errors(admin.dashboard), admin_grant, dashboard, api_name="page_admin_open", **private)
         for trigger, name in ((view.refresh.click, "page_admin_refresh"), (admin_tab.select, "page_admin_select")):
-            trigger(user_errors(admin.dashboard), admin_token, dashboard, api_name=name, **private).then(
-                user_errors(ratings.dashboard), admin_token, rated, api_name=f"{name}_ratings", **private
+            trigger(user_errors(admin.dashboard), admin_grant, dashboard, api_name=name, **private).then(
+                user_errors(ratings.dashboard), admin_grant, rated, api_name=f"{name}_ratings", **private
             )
         gr.api(user_errors(admin.admin_events), api_name="admin_events")
         gr.api(user_errors(admin.admin_export), api_name="admin_export")
+        gr.api(user_errors(admin.admin_erase), api_name="admin_erase")
         gr.api(user_errors(ratings.admin_feedback), api_name="admin_feedback")
     return demo

@@ -149,17 +149,16 @@ def wire(chat: ChatView, page: ChatPage, *, lang: gr.Component, receipt: gr.Comp
             [chat.chatbot, chat.replies],
             [chat.send, chat.stop, *downloads],
             api_name=f"page_reply_done_{i}",
-            queue=False,
             **private,
         )
     # Stop only sets a flag: nothing in it can fail for a visitor.
-    chat.stop.click(page.stop, None, None, api_name="page_stop", queue=False, **private)
+    chat.stop.click(page.stop, None, None, api_name="page_stop", **private)
     chat.chatbot.undo(
         user_errors(page.undo), chat.chatbot, [chat.chatbot, chat.message], api_name="page_undo", **private
     ).then(user_errors(page.export), [chat.chatbot, chat.replies], downloads, api_name="page_undo_done", **private)
     cleared = [chat.chatbot, chat.message, chat.replies, chat.pending_rating]
     for trigger, name in ((chat.new_chat.click, "page_new_chat"), (chat.chatbot.clear, "page_clear")):
-        trigger(user_errors(page.new_chat), None, cleared, api_name=name, queue=False, **private).then(
+        trigger(user_errors(page.new_chat), None, cleared, api_name=name, **private).then(
             user_errors(page.export), [chat.chatbot, chat.replies], downloads, api_name=f"{name}_done", **private
         )
     chat.chatbot.like(

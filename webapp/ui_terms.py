@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ class TermsView:
     status: gr.Markdown
 
 
-def render(terms: Terms) -> TermsView:
+def render(terms: Terms, privacy_notice: Callable[[], None]) -> TermsView:
     gr.Markdown(t("terms_intro"))
     with gr.Tabs(elem_id="terms-texts"):
         # Each text is named in its own language, on either page.
@@ -62,9 +63,9 @@ def render(terms: Terms) -> TermsView:
                 with gr.Row():
                     yes = gr.Button(t("withdraw_yes"), variant="stop", size="sm")
                     no = gr.Button(t("withdraw_no"), size="sm")
-        with gr.Column(scale=2, elem_id="privacy-notice"):
-            # The privacy notice (what is stored, why, for how long) renders here, beside the form.
-            pass
+        with gr.Column(scale=2, elem_id="privacy-column"):
+            # What is stored, why and for how long: beside the form that collects it.
+            privacy_notice()
     return TermsView([name, email, affiliation, purpose, agree], accept, withdraw, confirm, yes, no, status)
 
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import db.models
-from db.models import GENESIS, Event
+from db.chain import GENESIS, LEGACY_FIELDS, iso, legacy_hash
 
 revision = "0002"
 down_revision = "0001"
@@ -76,12 +76,14 @@ def upgrade() -> None:
     prev, seq = GENESIS, 0
     rows = []
     for seq, row in enumerate(bind.execute(sa.select(acceptances).order_by(acceptances.c.id)).mappings(), start=1):
-        event = Event(seq=seq, kind="accepted", prev_hash=prev, created_at=row["accepted_at"],
-                      **{name: row[name] for name in contact})  # fmt: skip
-        event.hash = prev = event.content_hash()
-        rows.append({c.name: getattr(event, c.name) for c in Event.__table__.columns})
+        event = dict.fromkeys(LEGACY_FIELDS) | {name: row[name] for name in contact}
+        event |= {"seq": seq, "kind": "accepted", "prev_hash": prev, "created_at": row["accepted_at"]}
+        event["hash"] = prev = legacy_hash(event | {"created_at": iso(row["accepted_at"])})
+        rows.append(event)
     if rows:
-        bind.execute(sa.insert(Event.__table__), rows)
+        events = sa.table("events", *(sa.column(n) for n in rows[0] if n != "created_at"),
+                          sa.column("created_at", db.models.UTCDateTime()))  # fmt: skip
+        bind.execute(sa.insert(events), rows)
     bind.execute(sa.text("INSERT INTO audit_head (id, seq, hash) VALUES (1, :seq, :hash)"), {"seq": seq, "hash": prev})
 
     dialect = bind.dialect.name

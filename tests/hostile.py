@@ -1,0 +1,88 @@
+"""Raw requests, as a hostile client would send them: any JSON value, any session hash, any header."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sqlite3
+from typing import Any
+
+import httpx
+
+from tests.conftest import RunningApp
+
+JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
+
+
+@functools.cache
+def _config(url: str) -> dict:
+    return httpx.get(url.rstrip("/") + "/config", timeout=10).json()
+
+
+@functools.cache
+def _api(url: str) -> dict:
+    from gradio_client import Client
+
+    return Client(url, verbose=False).view_api(return_format="dict", print_info=False)["named_endpoints"]
+
+
+def fn_index(app: RunningApp, api_name: str) -> int:
+    return next(d["id"] for d in _config(app.url)["dependencies"] if d.get("api_name") == api_name)
+
+
+def parameters(app: RunningApp, api_name: str) -> list[str]:
+    """The endpoint's parameter names, in the order its raw data takes them."""
+    return [p["parameter_name"] for p in _api(app.url)[f"/{api_name}"]["parameters"]]
+
+
+def call(
+    app: RunningApp,
+    api_name: str,
+    data: list[Any],
+    session_hash: str,
+    *,
+    headers: dict[str, str] | None = None,
+    index: int | None = None,
+) -> dict:
+    """Join the queue with a hand-written body and return the final message (``success``, ``output``)."""
+    base = app.url.rstrip("/") + "/gradio_api"
+    body = json.dumps(
+        {"data": data, "fn_index": fn_index(app, api_name) if index is None else index, "session_hash": session_hash}
+    )
+    with httpx.Client(timeout=60, headers=headers or {}) as http:
+        joined = http.post(f"{base}/queue/join", content=body, headers={"content-type": "application/json"})
+        if joined.status_code in (400, 403, 413):  # refused before the queue, with a reason
+            return {"success": False, "output": {"error": joined.text}, "status": joined.status_code}
+        joined.raise_for_status()
+        with http.stream("GET", f"{base}/queue/data", params={"session_hash": session_hash}) as events:
+            for line in events.iter_lines():
+                if line.startswith("data:"):
+                    message = json.loads(line[5:])
+                    if message.get("msg") == "process_completed":
+                        return message
+    raise AssertionError("the stream ended without a result")
+
+
+def error_of(result: dict) -> str | None:
+    """The error a final message carries, or None for success."""
+    if result.get("success"):
+        return None
+    return str((result.get("output") or {}).get("error"))
+
+
+def is_clear_error(message: str | None) -> bool:
+    """Bilingual (Japanese first, then English) and not the catch-all for bugs."""
+    return bool(message) and " / " in message and bool(JAPANESE.search(message)) and "予期しない" not in message
+
+
+def event_count(app: RunningApp) -> int:
+    with sqlite3.connect(app.settings.data_dir / "llmjp-demo.sqlite3") as conn:  # type: ignore[attr-defined]
+        return conn.execute("SELECT count(*) FROM events").fetchone()[0]
+
+
+def database_bytes(app: RunningApp) -> int:
+    """The database file and its WAL together."""
+    path = app.settings.data_dir / "llmjp-demo.sqlite3"  # type: ignore[attr-defined]
+    wal = path.with_name(path.name + "-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
