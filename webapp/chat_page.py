@@ -333,7 +333,7 @@ class ChatPage:
         top_k: int,
         repetition_penalty: float,
         max_new_tokens: int,
-        seed: float | None,
+        seed: str | None,
         replies: dict[str, Any],
         lang: str,
         receipt: str | None,
@@ -355,7 +355,7 @@ class ChatPage:
         top_k: int,
         repetition_penalty: float,
         max_new_tokens: int,
-        seed: float | None,
+        seed: str | None,
         replies: dict[str, Any],
         lang: str,
         receipt: str | None,
@@ -381,7 +381,7 @@ class ChatPage:
         top_k: int,
         repetition_penalty: float,
         max_new_tokens: int,
-        seed: float | None,
+        seed: str | None,
         replies: dict[str, Any],
         lang: str,
         receipt: str | None,
@@ -408,7 +408,7 @@ class ChatPage:
         top_k: int,
         repetition_penalty: float,
         max_new_tokens: int,
-        seed: float | None,
+        seed: str | None,
         replies: dict[str, Any],
         lang: str,
         receipt: str | None,
@@ -434,7 +434,7 @@ class ChatPage:
         top_k: int,
         repetition_penalty: float,
         max_new_tokens: int,
-        seed: float | None,
+        seed: str | None,
         replies: dict[str, Any],
         lang: str,
         receipt: str | None,
@@ -561,7 +561,7 @@ async def _next_or_stop(stream: AsyncIterator[Any], stopped: asyncio.Event) -> A
 
 
 def _sampling(
-    temperature: float, top_p: float, top_k: int, repetition_penalty: float, max_new_tokens: int, seed: float | None
+    temperature: float, top_p: float, top_k: int, repetition_penalty: float, max_new_tokens: int, seed: Any
 ) -> dict[str, Any]:
     values: dict[str, Any] = {
         "temperature": temperature,
@@ -571,9 +571,10 @@ def _sampling(
         "max_new_tokens": max_new_tokens,
         "seed": None,
     }
-    if seed is not None and seed != "":
-        # A whole number typed into the box; anything else is left for validation to refuse.
-        values["seed"] = int(seed) if isinstance(seed, float) and seed.is_integer() else seed
+    typed = str(seed).strip() if seed is not None else ""
+    if typed:
+        # A whole number; anything else is left as typed for validation to refuse in words.
+        values["seed"] = int(typed) if typed.isdecimal() and typed.isascii() else typed
     return values
 
 

@@ -34,7 +34,7 @@ class ChatView:
     stop: gr.Button
     new_chat: gr.Button
     sliders: list[Any]
-    seed: gr.Number
+    seed: gr.Textbox
     card_line: gr.Markdown
     export_json: gr.DownloadButton
     export_md: gr.DownloadButton
@@ -103,7 +103,8 @@ def render(registry: Registry) -> ChatView:
             _slider("max_new_tokens", "max_new_tokens", t("max_new_tokens_info"), s.max_new_tokens, 1),
         ]
         card_line = gr.Markdown(f"{say('ja', 'card_value')}: max_new_tokens = {default.sampling.max_new_tokens}")
-        seed = gr.Number(label=t("seed"), info=t("seed_info"), value=None, precision=0, elem_id="seed")
+        # A text box, so that empty means "no seed" (a number box shows 0).
+        seed = gr.Textbox(label=t("seed"), info=t("seed_info"), value="", max_lines=1, elem_id="seed")
     with gr.Accordion(t("export"), open=False, elem_id="export"), gr.Row():
         export_json = gr.DownloadButton(t("export_json"), interactive=False, size="sm", elem_id="export-json")
         export_md = gr.DownloadButton(t("export_md"), interactive=False, size="sm", elem_id="export-md")
