@@ -17,7 +17,7 @@ import pytest
 from inference import Inference, Registry, SamplingOptions
 from inference.errors import ModelUnavailable
 from inference.local import TransformersBackend
-from inference.progress import Downloading, Loading
+from inference.progress import Downloading, Finished, Loading
 from inference.prompts import conversation
 from inference.registry import TINY_MODELS, Architecture
 from inference.tiny import ensure
@@ -55,7 +55,8 @@ def test_the_stream_passes_statuses_before_the_first_text(models_dir: Path) -> N
     items = asyncio.run(collect())
     first_text = next(i for i, item in enumerate(items) if isinstance(item, str))
     assert first_text > 0 and all(isinstance(item, Loading) for item in items[:first_text])
-    assert all(isinstance(item, str) for item in items[first_text:])
+    assert all(isinstance(item, str) for item in items[first_text:-1])
+    assert isinstance(items[-1], Finished)  # the stream says how it ended
 
 
 @pytest.fixture

@@ -22,14 +22,16 @@ from inference import InvalidInput, SamplingOptions
         ({"top_k": -1}, "top_k"),
         ({"top_k": 2.5}, "top_k"),
         ({"repetition_penalty": 0.5}, "repetition_penalty"),
-        ({"seed": 1}, "seed"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**32}, "seed"),
+        ({"sede": 1}, "sede"),
     ],
 )
 def test_out_of_range_is_refused_bilingually(values: dict, field: str) -> None:
     with pytest.raises(InvalidInput) as err:
         SamplingOptions.parse(**values)
     assert field in err.value.ja and field in err.value.en
-    assert "範囲" in err.value.ja or field == "seed"
+    assert "範囲" in err.value.ja or field == "sede"  # an unknown name is refused as such
 
 
 def test_temperature_zero_is_greedy() -> None:
