@@ -62,3 +62,18 @@ def small_vocab_mixtral(path: Path) -> Path:
         **_ids(tokenizer),
     )  # fmt: skip
     return _save(path, tokenizer, config)
+
+
+def llama_110m(path: Path) -> Path:
+    """Llama, hidden 768, 12 layers (about 110M parameters), over the app's 2.2k-piece test vocabulary.
+
+    The shape of a small real model, decoding at a speed set by reading its
+    weights, as large models do on a GPU; the small vocabulary keeps the
+    parameters in the layers, where batching shares them between requests.
+    """
+    tokenizer = tiny.tiny_tokenizer()
+    config = LlamaConfig(
+        hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
+        max_position_embeddings=4096, tie_word_embeddings=False, **_ids(tokenizer),
+    )  # fmt: skip
+    return _save(path, tokenizer, config)

@@ -65,8 +65,8 @@ def start(command: list[str], env: dict[str, str], port: int, timeout: float = 1
     raise TimeoutError(f"{command} did not answer within {timeout} s")
 
 
-def app(data_dir: Path, model_paths: dict[str, str] | None = None) -> Server:
-    """``python app.py`` with tiny models, offline, on a free port."""
+def app(data_dir: Path, model_paths: dict[str, str] | None = None, extra: dict[str, str] | None = None) -> Server:
+    """``python app.py`` with tiny models, offline, on a free port; ``extra`` adds or overrides settings."""
     port = free_port()
     env = {
         "GRADIO_SERVER_PORT": str(port),
@@ -75,7 +75,7 @@ def app(data_dir: Path, model_paths: dict[str, str] | None = None) -> Server:
         "LLMJP_MODEL_PATHS": json.dumps(model_paths or {}),
         "HF_HUB_OFFLINE": "1",
         "GRADIO_ANALYTICS_ENABLED": "False",
-    }
+    } | (extra or {})
     return start([sys.executable, "app.py"], env, port)
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from db import audit, export
-from db.chain import Anchor
+from db.chain import Anchor, Keyring
 from db.engine import DatabaseUnavailable, checkpoint, make_engine, session_factory, upgrade
 
 CANNOT_CHECK = 2
@@ -49,20 +50,33 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings()
     where = settings.database_url_redacted
-    keys = settings.audit_keyring()
     writes = args.command in ("upgrade", "erase")
     try:
         engine = make_engine(settings.resolved_database_url, read_only=not writes)
+    except (DatabaseUnavailable, SQLAlchemyError, OSError) as exc:
+        print(f"cannot check: {where} cannot be opened ({type(exc).__name__}: {_first_line(exc)})", file=sys.stderr)
+        return CANNOT_CHECK
+    try:
+        if args.command != "upgrade" and "audit_head" not in inspect(engine).get_table_names():
+            print(f"cannot check: {where} holds no audit log (run 'python -m db upgrade')", file=sys.stderr)
+            return CANNOT_CHECK
+    except SQLAlchemyError as exc:
+        print(f"cannot check: {where} cannot be opened ({type(exc).__name__}: {_first_line(exc)})", file=sys.stderr)
+        return CANNOT_CHECK
+    try:
+        # Checking makes nothing: no database, and no new secret (a new key would fail every event anyway).
+        keys = settings.audit_keyring(create=writes)
+    except OSError as exc:
+        print(f"cannot check: no audit key ({exc})", file=sys.stderr)
+        return CANNOT_CHECK
+    try:
         if args.command == "upgrade":
             upgrade(engine, keys=keys)
             print(f"schema is up to date ({where})")
             return 0
-        if "audit_head" not in inspect(engine).get_table_names():
-            print(f"cannot check: {where} holds no audit log (run 'python -m db upgrade')", file=sys.stderr)
-            return CANNOT_CHECK
         sessions = session_factory(engine, keys)
         if args.command == "verify":
-            return _verify(sessions, args.anchor)
+            return _verify(sessions, keys, args.anchor)
         if args.command == "head":
             with sessions() as session:
                 print(audit.head_anchor(session).dump(keys))
@@ -88,13 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _verify(sessions, anchor_text: str | None) -> int:  # type: ignore[no-untyped-def]
-    from webapp.settings import Settings
-
+def _verify(sessions: sessionmaker[Session], keys: Keyring, anchor_text: str | None) -> int:
     anchor = None
     if anchor_text:
         try:
-            anchor = Anchor.load(anchor_text, Settings().audit_keyring())
+            anchor = Anchor.load(anchor_text, keys)
         except ValueError as exc:
             print(f"cannot check: {exc}", file=sys.stderr)
             return CANNOT_CHECK

@@ -244,8 +244,8 @@ def verify(session: Session, *, anchor: Anchor | None = None) -> Verdict:
         ):
             return Verdict(count, prev, event.seq, f"event {event.seq}'s contact fields are gone with no erasure")
     if anchor is not None:
-        anchored = session.get(Event, anchor.seq) if anchor.seq <= count else None
-        if anchored is None or anchored.hash != anchor.hash:
+        anchored = GENESIS if anchor.seq == 0 else getattr(session.get(Event, anchor.seq), "hash", None)
+        if anchor.seq > count or anchored != anchor.hash:
             return Verdict(count, prev, min(anchor.seq, count + 1),
                            f"the log no longer extends the anchor at event {anchor.seq}")  # fmt: skip
     return Verdict(count, prev)

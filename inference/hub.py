@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from inference.errors import ModelUnavailable
@@ -36,6 +41,55 @@ def reachable(timeout: float = 3.0) -> bool:
     return True
 
 
+class Reachability:
+    """Whether the hub answers, asked again with growing pauses while it does not.
+
+    A hub that was down at start-up is noticed when it comes back, without a
+    3-second check on every request: failures wait ``first_retry`` seconds,
+    then twice that, up to ``max_retry``; an answer is trusted for ``max_retry``.
+    """
+
+    def __init__(
+        self,
+        check: Callable[[], bool] = reachable,
+        *,
+        first_retry: float = 30.0,
+        max_retry: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._check = check
+        self._first = first_retry
+        self._max = max_retry
+        self._clock = clock
+        self._delay = first_retry
+        self._next: float | None = None
+        self._ok = False
+        self._lock = threading.Lock()
+
+    def __call__(self) -> bool:
+        """True when the hub answered at the latest check that is still in force."""
+        with self._lock:
+            now = self._clock()
+            if self._next is not None and now < self._next:
+                return self._ok
+            self._ok = self._check()
+            if self._ok:
+                self._delay = self._first
+                self._next = now + self._max
+            else:
+                self._next = now + self._delay
+                self._delay = min(self._delay * 2, self._max)
+            return self._ok
+
+
+def needs_token(spec: ModelSpec) -> ModelUnavailable:
+    """The message for a gated repository asked for without an approved account's token."""
+    return ModelUnavailable(
+        f"{spec.source} は承認制のリポジトリです。利用が承認されたアカウントのトークンを HF_TOKEN に設定してください。",
+        f"{spec.source} is gated: set HF_TOKEN to a token of an account whose access was approved.",
+    )
+
+
 def explain(spec: ModelSpec, exc: BaseException) -> ModelUnavailable:
     """A visitor-facing explanation of why ``spec`` could not be loaded."""
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
@@ -46,10 +100,7 @@ def explain(spec: ModelSpec, exc: BaseException) -> ModelUnavailable:
         cause = cause.__cause__ or cause.__context__
     exc = cause or exc
     if isinstance(exc, GatedRepoError):
-        return ModelUnavailable(
-            f"{spec.source} は承認制のリポジトリです。利用が承認されたアカウントのトークンを HF_TOKEN に設定してください。",
-            f"{spec.source} is gated: set HF_TOKEN to a token of an account whose access was approved.",
-        )
+        return needs_token(spec)
     if isinstance(exc, RepositoryNotFoundError):
         return ModelUnavailable(
             f"リポジトリ {spec.source} が見つかりません(名前か HF_TOKEN を確認してください)。",
@@ -85,20 +136,72 @@ def _byte_progress(report: Callable[[int, int], None]) -> type:
     return _Bytes
 
 
-def download(repo_id: str, *, token: str | None, report: Callable[[int, int], None]) -> str:
+def config_only(repo_id: str, *, token: str | None, revision: str | None, offline: bool, cache_dir: str | None) -> str:
+    """The snapshot directory holding ``repo_id``'s ``config.json``, fetching that file alone if needed."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    for cache in dict.fromkeys([None, cache_dir]):
+        with contextlib.suppress(LocalEntryNotFoundError):
+            found = hf_hub_download(repo_id, "config.json", revision=revision, cache_dir=cache, local_files_only=True)
+            return str(Path(found).parent)
+    if offline:
+        raise LocalEntryNotFoundError(f"{repo_id} is not in the cache and the hub is not to be contacted (offline)")
+    found = hf_hub_download(
+        repo_id, "config.json", revision=revision, cache_dir=cache_dir, token=token, endpoint=endpoint()
+    )
+    return str(Path(found).parent)
+
+
+def complete(snapshot: Path) -> bool:
+    """Whether a cached snapshot holds a config and every weights file it needs (not a broken-off download)."""
+    if not (snapshot / "config.json").is_file():
+        return False
+    for index in [*snapshot.glob("*.safetensors.index.json"), *snapshot.glob("*.bin.index.json")]:
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+        return all((snapshot / shard).is_file() for shard in shards)
+    return any(snapshot.glob("*.safetensors")) or any(snapshot.glob("*.bin"))
+
+
+def download(
+    repo_id: str,
+    *,
+    token: str | None,
+    report: Callable[[int, int], None],
+    revision: str | None = None,
+    offline: bool = False,
+    cache_dir: str | None = None,
+) -> str:
     """Fetch what ``from_pretrained`` reads (config, tokenizer, one set of weights) into the hub cache.
 
     ``report(done, total)`` hears the bytes written so far. Returns the local
-    snapshot directory. Files already cached are not fetched again.
+    snapshot directory, which is named by the commit. A checkpoint already in
+    the default cache or in ``cache_dir`` is not fetched again; ``offline``,
+    only the caches are looked at. New downloads go to ``cache_dir``.
     """
     from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    files = HfApi(endpoint=endpoint()).list_repo_files(repo_id, token=token)
+    # Already here: the image's own cache (a Space's preload_from_hub puts checkpoints there) or ours.
+    for cache in dict.fromkeys([None, cache_dir]):
+        with contextlib.suppress(LocalEntryNotFoundError):
+            found = snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True)
+            if complete(Path(found)):
+                return found
+    if offline:
+        raise LocalEntryNotFoundError(f"{repo_id} is not in the cache and the hub is not to be contacted (offline)")
+    files = HfApi(endpoint=endpoint()).list_repo_files(repo_id, token=token, revision=revision)
     top = [f for f in files if "/" not in f]
     # Prefer safetensors; older checkpoints publish only PyTorch pickles.
     weights = [f for f in top if f.endswith(".safetensors")] or [f for f in top if f.endswith(".bin")]
     weights += [f for f in top if f.endswith((".safetensors.index.json", ".bin.index.json"))]
     allow = ["*.json", "*.model", "*.txt", "*.tiktoken", *weights]
     return snapshot_download(
-        repo_id, token=token, allow_patterns=allow, endpoint=endpoint(), tqdm_class=_byte_progress(report)
+        repo_id,
+        revision=revision,
+        cache_dir=cache_dir,
+        token=token,
+        allow_patterns=allow,
+        endpoint=endpoint(),
+        tqdm_class=_byte_progress(report),
     )

@@ -10,9 +10,19 @@ loop, so it needs no locks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from collections.abc import AsyncIterator
 
 from inference.errors import Busy
+
+
+class LeftQueue(Exception):
+    """The request's stop event was set while it waited: it has left the queue."""
+
+
+# A stop event is set from other threads; a waiting request looks at it this often.
+STOP_POLL_S = 0.05
 
 
 class Lane:
@@ -44,13 +54,16 @@ class Lane:
             self._moved = asyncio.Event()
         return self._moved
 
-    async def turn(self) -> AsyncIterator[int]:
+    async def turn(self, stop: threading.Event | None = None) -> AsyncIterator[int]:
         """Wait for a turn, yielding the 1-based queue position each time it changes.
 
         Returns once the request holds a slot, which ``release`` gives back.
         Raises ``Busy`` at once when ``bound`` requests are already waiting.
-        Closing or cancelling the iterator while waiting leaves the queue.
+        Closing or cancelling the iterator while waiting leaves the queue; so
+        does setting ``stop``, which then raises ``LeftQueue``.
         """
+        if stop is not None and stop.is_set():
+            raise LeftQueue
         if self.running < self.capacity and not self._waiting:
             self.running += 1
             return
@@ -69,7 +82,13 @@ class Lane:
                 if position != shown:
                     shown = position
                     yield position
-                await moved.wait()
+                if stop is None:
+                    await moved.wait()
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(moved.wait(), STOP_POLL_S)
+                if stop.is_set():
+                    raise LeftQueue
             self._waiting.remove(ticket)
             self.running += 1
             admitted = True

@@ -8,24 +8,23 @@ import logging
 import math
 import queue
 import threading
-from collections import OrderedDict
+import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import spaces
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-from transformers.generation.streamers import BaseStreamer
 
 from inference import hub, memory, prompts, tiny
+from inference.batching import Batcher, Request
 from inference.errors import AppError, GenerationFailed, OutOfMemory
-from inference.progress import Downloading, Loading, Status
-from inference.prompts import Message
+from inference.progress import Downloading, FinishReason, Loading, Outcome, Status
+from inference.prompts import Message, Prompt
 from inference.registry import Architecture, ModelSpec
 from inference.sampling import SamplingOptions
-from inference.streaming import IncrementalDecoder
 
 log = logging.getLogger(__name__)
 
@@ -49,57 +48,75 @@ def _ignore(_: Status) -> None:
     pass
 
 
-class _Stopped(Exception):
-    """Raised inside ``generate`` to end it once the request is cancelled."""
+@dataclass(eq=False)
+class _Slot:
+    """A loaded model, its generation thread, and the requests that hold it."""
+
+    loaded: Loaded
+    batcher: Batcher | None
+    """None on ZeroGPU, where each reply runs in a GPU worker process instead."""
+    revision: str | None
+    bytes: int
+    users: int = 0
+    """Requests running or waiting for this model; while any do, it is never unloaded."""
+    used: float = 0.0
 
 
-class _DeltaStreamer(BaseStreamer):
-    """Feeds generated ids (not the prompt) to an ``IncrementalDecoder``, and stops on request.
+@dataclass(eq=False)
+class _Arrival:
+    """A model being downloaded and loaded; every request waiting for it hears the progress."""
 
-    ``generate`` calls ``put`` once per token step, so checking the stop event
-    here ends generation within one step. It costs less than a stopping
-    criterion, which adds a tensor and a device sync to every step.
-    """
+    listeners: list[Callable[[Status], None]] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+    bytes: int = 0
 
-    def __init__(self, tokenizer: Any, emit: Callable[[str], None], stop: threading.Event) -> None:
-        self.decoder = IncrementalDecoder(tokenizer)
-        self.emit = emit
-        self.stop = stop
-        self.prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if self.stop.is_set():
-            raise _Stopped
-        if not self.prompt_seen:  # generate() first passes the prompt itself
-            self.prompt_seen = True
-            return
-        if text := self.decoder.push(value.reshape(-1).tolist()):
-            self.emit(text)
-
-    def end(self) -> None:
-        if text := self.decoder.flush():
-            self.emit(text)
+    def report(self, status: Status) -> None:
+        for listener in list(self.listeners):
+            listener(status)
 
 
 class TransformersBackend:
-    """Loads checkpoints lazily and generates with ``model.generate``."""
+    """Loads checkpoints on demand and generates with continuous batching, one thread per loaded model.
+
+    Several models stay loaded while memory and ``max_loaded`` allow. A model
+    that requests hold (running or waiting) is never unloaded to make room:
+    an idle one is, least recently used first, or the new model is refused
+    with the figures. Downloads and loads run on the callers' threads (the
+    engine's preparation threads), never on a model's generation thread.
+    """
 
     def __init__(
-        self, *, models_dir: Path, hf_token: str | None = None, max_loaded: int = 1, offline: bool = False
+        self,
+        *,
+        models_dir: Path,
+        hf_token: str | None = None,
+        max_loaded: int = 1,
+        offline: bool | Callable[[], bool] = False,
+        max_batch: int = 8,
+        hub_cache: Path | None = None,
     ) -> None:
         self.models_dir = models_dir
         self._token = hf_token
-        # Offline, only the local cache is looked at: failing at once beats
-        # the hub client's retries against a network that is not there.
-        self._offline = offline
+        # Offline, only the local caches are looked at: failing at once beats
+        # the hub client's retries against a network that is not there. A
+        # callable is asked each time (the hub may come back).
+        self._offline = offline if callable(offline) else (lambda: offline)
+        self._hub_cache = str(hub_cache) if hub_cache else None
         self._max_loaded = max_loaded
-        self._loaded: OrderedDict[str, Loaded] = OrderedDict()
+        self.max_batch = max_batch
+        self._slots: dict[str, _Slot] = {}
+        self._arrivals: dict[str, _Arrival] = {}
         self._needs: dict[str, memory.Need] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
 
     def is_loaded(self, model_id: str) -> bool:
         """Whether ``model_id`` is in memory now."""
-        return model_id in self._loaded
+        return model_id in self._slots
+
+    def loaded_ids(self) -> list[str]:
+        """The models in memory now."""
+        return list(self._slots)
 
     def _source(self, spec: ModelSpec) -> str | Path:
         return tiny.ensure(Architecture(spec.source), self.models_dir) if spec.tiny else spec.source
@@ -113,60 +130,133 @@ class TransformersBackend:
         """Memory ``spec`` needs here, from its config alone (a few kB from the hub)."""
         if spec.id not in self._needs:
             try:
-                config = AutoConfig.from_pretrained(
-                    self._source(spec), token=self._token, local_files_only=self._offline
-                )
+                source = self._source(spec)
+                if not Path(source).is_dir():
+                    # Without a token the hub refuses a gated repository: only a cached copy can serve.
+                    refused = spec.gated and not self._token
+                    try:
+                        # The config alone, to size the model before committing to a download.
+                        source = hub.config_only(
+                            str(source), token=self._token, revision=spec.revision,
+                            offline=refused or self._offline(), cache_dir=self._hub_cache,
+                        )  # fmt: skip
+                    except OSError:
+                        if refused:
+                            raise hub.needs_token(spec) from None
+                        raise
+                config = AutoConfig.from_pretrained(source)
             except (OSError, ValueError) as exc:
                 raise hub.explain(spec, exc) from exc
             self._needs[spec.id] = memory.need(config, self._dtype(spec), spec.context)
         return self._needs[spec.id]
 
-    def load(self, spec: ModelSpec, report: Callable[[Status], None] | None = None) -> Loaded:
-        """The loaded model for ``spec``, loading it (and evicting others) if needed.
+    # -- holding models -------------------------------------------------------
 
-        Models are kept least-recently-used first, bounded by count and by
-        memory: before loading, others are unloaded until the new one fits, and
-        a model that cannot fit at all is refused before anything is read.
-        ``report`` hears download and load progress.
+    def acquire(self, spec: ModelSpec, report: Callable[[Status], None] | None = None) -> Loaded:
+        """The loaded model for ``spec``, held for the caller until ``release``; loads it if needed.
+
+        Callers asking for a model that is on its way wait for the same load
+        and all hear its progress. Blocking: call it off the event loop.
         """
+        report = report or _ignore
+        while True:
+            with self._lock:
+                if (slot := self._slots.get(spec.id)) is not None:
+                    slot.users += 1
+                    slot.used = time.monotonic()
+                    return slot.loaded
+                arrival = self._arrivals.get(spec.id)
+                if arrival is None:
+                    arrival = self._arrivals[spec.id] = _Arrival([report])
+                    break
+                arrival.listeners.append(report)
+            arrival.done.wait()
+            arrival.listeners.remove(report)
+            if arrival.error is not None:
+                raise arrival.error
+        try:
+            slot = self._arrive(spec, arrival)
+        except BaseException as exc:
+            arrival.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._arrivals[spec.id]
+                if arrival.error is None:
+                    self._slots[spec.id] = slot
+                    slot.users += 1  # this caller; the waiters take theirs as they wake
+                    slot.used = time.monotonic()
+                arrival.done.set()
+        return slot.loaded
+
+    def release(self, spec: ModelSpec) -> None:
+        """Give back a hold taken by ``acquire`` (or ``prepare``)."""
         with self._lock:
-            if spec.id in self._loaded:
-                self._loaded.move_to_end(spec.id)
-                return self._loaded[spec.id]
-            while len(self._loaded) >= self._max_loaded:
-                self._evict()
-            required = self.need(spec)
-            while self._loaded and required.total > memory.free_bytes():
-                self._evict()
-            if required.total > (free := memory.free_bytes()):
-                raise memory.refuse(spec.label, required, free)
-            loaded = self._load(spec, required, report or _ignore)
-            self._loaded[spec.id] = loaded
-            return loaded
+            if (slot := self._slots.get(spec.id)) is not None:
+                slot.users = max(slot.users - 1, 0)
+                self._lock.notify_all()
 
-    def _evict(self) -> None:
-        model_id, _ = self._loaded.popitem(last=False)
+    def load(self, spec: ModelSpec, report: Callable[[Status], None] | None = None) -> Loaded:
+        """The loaded model for ``spec``, loading it (and unloading idle others) if needed."""
+        loaded = self.acquire(spec, report)
+        self.release(spec)
+        return loaded
+
+    def _arrive(self, spec: ModelSpec, arrival: _Arrival) -> _Slot:
+        """Make room for ``spec`` (refusing what cannot fit without unloading a model in use), then load it."""
+        required = self.need(spec)
+        with self._lock:
+            while len(self._slots) + len(self._arrivals) - 1 >= self._max_loaded and self._evict_idle():
+                pass
+            reserved = sum(a.bytes for a in self._arrivals.values())
+            while required.total > memory.free_bytes() - reserved and self._evict_idle():
+                pass
+            busy = [i for i, s in self._slots.items() if s.users]
+            if len(self._slots) + len(self._arrivals) - 1 >= self._max_loaded:
+                raise memory.refuse_busy(spec.label, self._max_loaded, busy)
+            if required.total > (free := memory.free_bytes() - reserved):
+                raise memory.refuse(spec.label, required, free, busy=busy)
+            arrival.bytes = required.total
+        return self._load(spec, required, arrival.report)
+
+    def _evict_idle(self) -> bool:
+        """Unload the least recently used model no request holds; False when there is none."""
+        idle = [(s.used, i) for i, s in self._slots.items() if not s.users]
+        if not idle:
+            return False
+        model_id = min(idle)[1]
+        slot = self._slots.pop(model_id)
         log.info("unloading %s", model_id)
+        if slot.batcher is not None:
+            slot.batcher.close()
+        del slot
         self._free()
+        return True
 
-    def _load(self, spec: ModelSpec, required: memory.Need, report: Callable[[Status], None]) -> Loaded:
+    def _load(self, spec: ModelSpec, required: memory.Need, report: Callable[[Status], None]) -> _Slot:
         source, dtype = self._source(spec), self._dtype(spec)
         log.info("loading %s from %s (%s, %s)", spec.id, source, dtype, attention_implementation())
+        revision = spec.revision
         try:
-            hub_options = {"token": self._token, "local_files_only": self._offline}
-            if not self._offline and not Path(source).is_dir():
-                # Fetched first, on its own, so the visitor sees the bytes arrive.
+            if not Path(source).is_dir():
+                # Fetched first, on its own, so the visitor sees the bytes arrive;
+                # offline, the cached snapshot of the pinned revision is found.
                 source = hub.download(
-                    str(source), token=self._token, report=lambda done, total: report(Downloading(done, total))
+                    str(source),
+                    token=self._token,
+                    revision=spec.revision,
+                    offline=self._offline(),
+                    cache_dir=self._hub_cache,
+                    report=lambda done, total: report(Downloading(done, total)),
                 )
-            tokenizer = AutoTokenizer.from_pretrained(source, **hub_options)
+                revision = Path(source).name  # the snapshot directory is named by its commit
+            tokenizer = AutoTokenizer.from_pretrained(source)
             with memory.watch_growth(required.weights, lambda done, total: report(Loading(done, total))):
                 model = AutoModelForCausalLM.from_pretrained(
                     source,
                     dtype=dtype,
                     device_map="auto",
                     attn_implementation=attention_implementation(),
-                    **hub_options,
                 )
         except torch.OutOfMemoryError:
             self._free()
@@ -174,7 +264,9 @@ class TransformersBackend:
         except (OSError, ValueError) as exc:
             raise hub.explain(spec, exc) from exc
         model.eval()
-        return Loaded(model=model, tokenizer=tokenizer)
+        loaded = Loaded(model=model, tokenizer=tokenizer)
+        batcher = None if memory.on_zero_gpu() else Batcher(model, tokenizer, max_batch=self.max_batch, name=spec.id)
+        return _Slot(loaded, batcher, revision, required.total)
 
     @staticmethod
     def _free() -> None:
@@ -182,85 +274,125 @@ class TransformersBackend:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def generate(
+    # -- generating -----------------------------------------------------------
+
+    def prepare(
         self,
         spec: ModelSpec,
         messages: Sequence[Message],
+        options: SamplingOptions,
+        *,
+        report: Callable[[Status], None] | None = None,
+    ) -> Prompt:
+        """Hold the model (loading it if needed) and tokenise the conversation, oldest turns dropped to fit."""
+        loaded = self.acquire(spec, report)
+        try:
+            return prompts.prepare(loaded.tokenizer, spec.prompt_format, messages, spec.context, options.max_new_tokens)
+        except BaseException:
+            self.release(spec)
+            raise
+
+    def generate(
+        self,
+        spec: ModelSpec,
+        messages: Sequence[Message] | Prompt,
         options: SamplingOptions,
         emit: Callable[[str], None],
         stop: threading.Event,
         *,
         report: Callable[[Status], None] | None = None,
-    ) -> None:
-        """Generate a reply to ``messages``, passing each text delta to ``emit``; blocking."""
-        loaded = self.load(spec, report)
-        if memory.on_zero_gpu():
-            self._generate_on_zero_gpu(spec, messages, options, emit, stop)
+    ) -> Outcome:
+        """Generate a reply, passing each text delta to ``emit``; blocking until it has ended.
+
+        Given raw messages it prepares them (and holds the model) itself; a
+        ``Prompt`` from ``prepare`` comes with the hold its caller took.
+        """
+        if isinstance(messages, Prompt):
+            return self._reply(spec, messages, options, emit, stop)
+        prompt = self.prepare(spec, messages, options, report=report)
+        try:
+            return self._reply(spec, prompt, options, emit, stop)
+        finally:
+            self.release(spec)
+
+    def _reply(
+        self,
+        spec: ModelSpec,
+        prompt: Prompt,
+        options: SamplingOptions,
+        emit: Callable[[str], None],
+        stop: threading.Event,
+    ) -> Outcome:
+        slot = self._slots.get(spec.id)
+        if slot is None:
+            raise RuntimeError(f"{spec.id} is not held: prepare it first")
+        if slot.batcher is None:
+            completion, reason = self._generate_on_zero_gpu(spec, prompt, options, emit, stop)
         else:
-            self._generate(loaded, spec, messages, options, emit, stop)
+            request = Request(prompt.ids, options, prompt.max_new_tokens, emit, stop)
+            slot.batcher.submit(request)
+            request.done.wait()
+            if request.error is not None:
+                raise self._explain(spec, request.error)
+            completion, reason = request.completion_tokens, request.finish_reason
+        return Outcome(len(prompt.ids), completion, reason, slot.revision, prompt.dropped_turns)
+
+    def _explain(self, spec: ModelSpec, exc: BaseException) -> BaseException:
+        if isinstance(exc, torch.OutOfMemoryError):
+            self._free()
+            return OutOfMemory()
+        if isinstance(exc, AppError):
+            return exc
+        log.error("generation failed for %s", spec.id, exc_info=exc)
+        return GenerationFailed(
+            f"生成中にエラーが発生しました({type(exc).__name__})。もう一度お試しください。",
+            f"Generation failed ({type(exc).__name__}). Please try again.",
+        )
 
     def _generate_on_zero_gpu(
         self,
         spec: ModelSpec,
-        messages: Sequence[Message],
+        prompt: Prompt,
         options: SamplingOptions,
         emit: Callable[[str], None],
         stop: threading.Event,
-    ) -> None:
+    ) -> tuple[int, FinishReason]:
         # The model was loaded in this process; ZeroGPU forks a worker that
         # inherits it and gets the GPU for the call. Text comes back through
         # the generator; closing it makes ZeroGPU stop the worker's generator.
         global _ZERO_GPU_BACKEND
         _ZERO_GPU_BACKEND = self
-        deltas = generate_on_gpu(spec, list(messages), options)
+        deltas = generate_on_gpu(spec, prompt, options)
         try:
             for item in deltas:
                 if stop.is_set():
-                    return
+                    return 0, "cancelled"
                 if isinstance(item, AppError):
                     raise item
+                if isinstance(item, tuple):
+                    return item
                 emit(item)
         finally:
             deltas.close()
+        return 0, "length"
 
-    def _generate(
+    def generate_alone(
         self,
-        loaded: Loaded,
         spec: ModelSpec,
-        messages: Sequence[Message],
+        prompt: Prompt,
         options: SamplingOptions,
         emit: Callable[[str], None],
         stop: threading.Event,
-    ) -> None:
-        tok = loaded.tokenizer
-        _, ids, max_new_tokens = prompts.encode(tok, spec.prompt_format, messages, spec.context, options.max_new_tokens)
-        input_ids = torch.tensor([ids])
-        kwargs = options.generate_kwargs() | {"max_new_tokens": max_new_tokens}
-        if options.seed is not None:
-            torch.manual_seed(options.seed)  # a seeded request samples the same tokens again
-        try:
-            with torch.inference_mode():
-                loaded.model.generate(
-                    input_ids.to(loaded.model.device),
-                    attention_mask=torch.ones_like(input_ids).to(loaded.model.device),
-                    streamer=_DeltaStreamer(tok, emit, stop),
-                    pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                    eos_token_id=tok.eos_token_id,
-                    **kwargs,
-                )
-        except _Stopped:
-            return
-        except torch.OutOfMemoryError:
-            self._free()
-            raise OutOfMemory() from None
-        except AppError:
-            raise
-        except Exception as exc:
-            log.exception("generation failed for %s", spec.id)
-            raise GenerationFailed(
-                f"生成中にエラーが発生しました({type(exc).__name__})。もう一度お試しください。",
-                f"Generation failed ({type(exc).__name__}). Please try again.",
-            ) from exc
+    ) -> tuple[int, FinishReason]:
+        """One reply on the calling thread, as a batch of one (the ZeroGPU worker's path)."""
+        slot = self._slots.get(spec.id)
+        if slot is None:
+            raise RuntimeError(f"{spec.id} is not loaded")
+        request = Request(prompt.ids, options, prompt.max_new_tokens, emit, stop)
+        Batcher(slot.loaded.model, slot.loaded.tokenizer, max_batch=1, start=False).run_alone(request)
+        if request.error is not None:
+            raise self._explain(spec, request.error)
+        return request.completion_tokens, request.finish_reason
 
 
 # -- ZeroGPU ---------------------------------------------------------------
@@ -276,7 +408,7 @@ ZERO_GPU_TOKENS_PER_S = 20
 ZERO_GPU_MAX_S = 120
 
 
-def zero_gpu_seconds(spec: ModelSpec, messages: list[Message], options: SamplingOptions) -> int:
+def zero_gpu_seconds(spec: ModelSpec, prompt: Prompt | list[Message], options: SamplingOptions) -> int:
     """GPU time to ask ZeroGPU for one reply: start-up plus ``max_new_tokens`` at a safe speed.
 
     Asking for more than needed lowers a visitor's place in ZeroGPU's queue;
@@ -286,23 +418,26 @@ def zero_gpu_seconds(spec: ModelSpec, messages: list[Message], options: Sampling
 
 
 @spaces.GPU(duration=zero_gpu_seconds)
-def generate_on_gpu(spec: ModelSpec, messages: list[Message], options: SamplingOptions) -> Iterator[str | AppError]:
-    """Yield the reply's text deltas, then stop; closing the generator stops generation within one step.
+def generate_on_gpu(
+    spec: ModelSpec, prompt: Prompt, options: SamplingOptions
+) -> Iterator[str | AppError | tuple[int, FinishReason]]:
+    """Yield the reply's text deltas, then (completion tokens, finish reason); closing it stops generation.
 
     On ZeroGPU this runs in the GPU worker process, so its arguments and what
     it yields are pickled: a visitor's error is yielded, not raised, to keep
     its bilingual message (ZeroGPU would replace a raised one with its own).
+    Replies here are not batched: each call has the GPU to itself.
     """
     backend = _ZERO_GPU_BACKEND
     if backend is None:
         raise RuntimeError("generate_on_gpu is called through TransformersBackend.generate")
-    deltas: queue.SimpleQueue[str | AppError | None] = queue.SimpleQueue()
+    deltas: queue.SimpleQueue[str | AppError | tuple[int, FinishReason] | None] = queue.SimpleQueue()
     stop = threading.Event()
 
     def run() -> None:
         try:
             # Loaded before the call, in the main process; this one inherited it.
-            backend._generate(backend.load(spec), spec, messages, options, deltas.put, stop)
+            deltas.put(backend.generate_alone(spec, prompt, options, deltas.put, stop))
         except AppError as exc:
             deltas.put(exc)
         finally:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
@@ -44,6 +45,32 @@ def parameter_count(config: PretrainedConfig) -> int:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return sum(p.numel() for p in model.parameters())
+
+
+def config_of(architecture: str, shape: Any, context: int) -> PretrainedConfig:
+    """A transformers config of ``architecture`` with the sizes of a registry ``Shape``."""
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, MixtralConfig
+
+    if architecture == "gpt2":
+        return GPT2Config(
+            vocab_size=shape.vocab, n_embd=shape.hidden, n_layer=shape.layers, n_head=shape.heads,
+            n_inner=shape.intermediate, n_positions=shape.positions, tie_word_embeddings=shape.tied,
+        )  # fmt: skip
+    if architecture == "gpt_neox":
+        return GPTNeoXConfig(
+            vocab_size=shape.vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+            num_attention_heads=shape.heads, intermediate_size=shape.intermediate, max_position_embeddings=context,
+            tie_word_embeddings=shape.tied,
+        )  # fmt: skip
+    llama = {
+        "vocab_size": shape.vocab, "hidden_size": shape.hidden, "intermediate_size": shape.intermediate,
+        "num_hidden_layers": shape.layers, "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads or shape.heads, "max_position_embeddings": context,
+        "tie_word_embeddings": shape.tied,
+    }  # fmt: skip
+    if architecture == "mixtral":
+        return MixtralConfig(**llama, num_local_experts=shape.experts, num_experts_per_tok=shape.active_experts)
+    return LlamaConfig(**llama)
 
 
 def need(config: PretrainedConfig, dtype: torch.dtype, context: int) -> Need:
@@ -111,16 +138,38 @@ def watch_growth(expected: int, report: Callable[[int, int], None], every: float
     report(expected, expected)
 
 
-def refuse(model_label: str, required: Need, free: int) -> ModelUnavailable:
-    """The message for a model that does not fit: what it needs, what is free, what to do."""
+def refuse(model_label: str, required: Need, free: int, busy: list[str] | None = None) -> ModelUnavailable:
+    """The message for a model that does not fit: what it needs, what is free, what to do.
+
+    ``busy`` names loaded models that are in use, and so were not unloaded to make room.
+    """
     numbers = (
         f"{required.total / GB:.1f} GB (weights {required.weights / GB:.1f} GB, KV cache "
         f"{required.kv_cache / GB:.1f} GB, plus headroom); {free / GB:.1f} GB free"
     )
+    if busy:
+        names = ", ".join(busy)
+        return ModelUnavailable(
+            f"{model_label} は今は載りません: 必要 {numbers}。使用中のモデル({names})は外せません。"
+            "しばらくしてからもう一度お試しください。",
+            f"{model_label} does not fit now: it needs {numbers}, and the models in use ({names}) "
+            "are not unloaded while visitors use them. Please try again shortly.",
+        )
     device = "GPU" if torch.cuda.is_available() else "RAM"
     return ModelUnavailable(
         f"{model_label} はこの{device}に載りません: 必要 {numbers}。"
         "より小さいモデルを選ぶか、このモデルを vLLM サーバーで動かして接続してください(README)。",
         f"{model_label} does not fit this machine's {device}: it needs {numbers}. "
         "Choose a smaller model, or serve this one with vLLM and point the demo at it (README).",
+    )
+
+
+def refuse_busy(model_label: str, max_loaded: int, busy: list[str]) -> ModelUnavailable:
+    """The message when every model slot holds a model in use."""
+    names = ", ".join(busy)
+    return ModelUnavailable(
+        f"{model_label} を今は読み込めません: 同時に読み込めるモデル {max_loaded} 個がすべて使用中です({names})。"
+        "しばらくしてからもう一度お試しください。",
+        f"{model_label} cannot be loaded now: all {max_loaded} model slots hold models in use ({names}). "
+        "Please try again shortly.",
     )

@@ -49,34 +49,51 @@ class Loading(_Bytes):
 
 @dataclass(frozen=True)
 class Trimmed:
-    """The oldest turns did not fit the model's context and were left out of the prompt."""
+    """The conversation outgrew the model's context: its oldest turns are left out of the prompt."""
 
     dropped_turns: int
 
     def describe(self) -> str:
-        return (
-            f"会話が長いため、古い {self.dropped_turns} 件の発言を省きました。"
-            f" / The conversation is long: the oldest {self.dropped_turns} turns were left out."
-        )
+        n = self.dropped_turns
+        return f"会話が長いため、古い {n} 発言を省いて送ります。 / The conversation is long: its oldest {n} turns are left out."
+
+
+FinishReason = Literal["stop", "length", "cancelled"]
 
 
 @dataclass(frozen=True)
 class Finished:
-    """How a reply ended; yielded last on every normal end of a stream."""
+    """Yielded last on every normal end of a reply: what was generated, by which weights."""
 
     model_id: str
     revision: str | None
+    """The checkpoint's commit on the hub (or the pinned revision), when known."""
     prompt_tokens: int
     completion_tokens: int
     seconds: float
-    finish_reason: Literal["stop", "length", "cancelled"]
+    """From the request to its end, waiting included."""
+    finish_reason: FinishReason
+    """``stop``: the model ended its reply; ``length``: max_new_tokens or the context; ``cancelled``: stopped."""
     dropped_turns: int
 
     def describe(self) -> str:
+        rate = f", {self.completion_tokens / self.seconds:.1f} tok/s" if self.seconds > 0 else ""
+        rev = f" @ {self.revision[:12]}" if self.revision else ""
         return (
-            f"{self.model_id}: {self.completion_tokens} トークン、{self.seconds:.1f} 秒。"
-            f" / {self.model_id}: {self.completion_tokens} tokens in {self.seconds:.1f} s."
+            f"{self.model_id}{rev}: {self.completion_tokens} トークン / tokens, {self.seconds:.1f} s{rate}"
+            f" ({self.finish_reason})"
         )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a backend reports when a reply has ended; the engine adds the timing and the model."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
+    revision: str | None = None
+    dropped_turns: int = 0
 
 
 Status = Queued | Downloading | Loading | Trimmed | Finished

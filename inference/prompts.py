@@ -9,6 +9,7 @@ so the registry supplies one from here. Rendered text is always encoded with
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal, TypedDict
 
@@ -122,3 +123,68 @@ def encode(
             "The conversation is too long for this model. Clear the chat and start again.",
         )
     return text, ids, min(max_new_tokens, room)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A conversation rendered and tokenised for one model, ready to generate from."""
+
+    text: str
+    ids: list[int]
+    max_new_tokens: int
+    """What the request asked for, lowered where the context has less room."""
+    dropped_turns: int = 0
+    """Oldest messages left out because the whole conversation did not fit."""
+
+
+def _droppable(messages: Sequence[Message]) -> tuple[list[Message], list[Message], list[Message]]:
+    """(system turns, earlier turns that may be dropped, the new user turn)."""
+    system = [m for m in messages if m["role"] == "system"]
+    rest = [m for m in messages if m["role"] != "system"]
+    return system, rest[:-1], rest[-1:]
+
+
+def prepare(
+    tokenizer: Any, fmt: PromptFormat, messages: Sequence[Message], context: int, max_new_tokens: int
+) -> Prompt:
+    """Render and tokenise ``messages``, leaving out the oldest turns when they outgrow the context.
+
+    The conversation must leave ``max_new_tokens`` of room in ``context``;
+    where it does not, whole turns are dropped from the front, a user turn
+    with the reply after it, so the prompt still alternates. The new message
+    is never dropped: when it alone leaves too little room, the reply gets
+    what room there is. Raises ``InvalidInput`` when there is none.
+    """
+    system, earlier, last = _droppable(messages)
+    budget = context - max_new_tokens
+
+    def attempt(dropped: int) -> Prompt:
+        kept = [*system, *earlier[dropped:], *last]
+        text = render(tokenizer, fmt, kept)
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        return Prompt(text, ids, min(max_new_tokens, context - len(ids)), dropped)
+
+    whole = attempt(0)
+    if len(whole.ids) <= budget or not earlier:
+        prompt = whole
+    else:
+        # Fewer turns never make a longer prompt, so the fewest drops that
+        # fit are found by bisection: a handful of renders, not one per turn.
+        starts = list(range(0, len(earlier) + 1, 2))  # drop in user/assistant pairs
+        lo, hi = 1, len(starts) - 1
+        prompt = attempt(starts[-1])
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            candidate = attempt(starts[mid])
+            if len(candidate.ids) <= budget:
+                prompt, hi = candidate, mid - 1
+            else:
+                lo = mid + 1
+        if len(earlier) % 2 and len(prompt.ids) > budget:
+            prompt = attempt(len(earlier))  # an odd history: its last reply may go too
+    if prompt.max_new_tokens < 1:
+        raise InvalidInput(
+            "会話が長すぎます。チャットを消去してやり直してください。",
+            "The conversation is too long for this model. Clear the chat and start again.",
+        )
+    return prompt

@@ -7,6 +7,7 @@ the memory the weights need. Look models up by exact id only.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -85,6 +86,93 @@ class Endpoint:
     server: Server = Server.VLLM
 
 
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def _billions(n: int) -> str:
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shape:
+    """A checkpoint's sizes, as its card and config give them.
+
+    Parameter counts follow from these for the four architectures here
+    (tests check them against ``inference.memory``, which counts the real
+    model classes exactly, and against the cards' published figures).
+    """
+
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+    vocab: int
+    kv_heads: int | None = None
+    """Grouped-query attention; None: as many as the heads."""
+    experts: int = 0
+    """Routed experts per layer of a mixture of experts; 0 for a dense model."""
+    active_experts: int = 0
+    positions: int = 0
+    """Learned position embeddings (GPT-2); 0 for rotary."""
+    tied: bool = False
+    """The output layer shares the input embedding."""
+
+    def _layer(self, arch: Architecture, experts: float) -> float:
+        h, i = self.hidden, self.intermediate
+        if arch in (Architecture.LLAMA, Architecture.MIXTRAL):
+            kv = h * (self.kv_heads or self.heads) // self.heads
+            attention = 2 * h * h + 2 * h * kv
+            if arch is Architecture.MIXTRAL:
+                return attention + experts * (3 * h * i + h) + 2 * h  # experts, router (counted per expert), norms
+            return attention + 3 * h * i + 2 * h
+        # GPT-2 and GPT-NeoX: attention and MLP with biases, two layer norms
+        return 4 * h * h + 4 * h + 2 * h * i + i + h + 4 * h
+
+    def _count(self, arch: Architecture, experts: float) -> int:
+        h = self.hidden
+        embeddings = self.vocab * h * (1 if self.tied else 2) + self.positions * h
+        final_norm = h if arch in (Architecture.LLAMA, Architecture.MIXTRAL) else 2 * h
+        return round(embeddings + self.layers * self._layer(arch, experts) + final_norm)
+
+    def parameters(self, arch: Architecture) -> int:
+        """All parameters of the model."""
+        return self._count(arch, self.experts)
+
+    def active_parameters(self, arch: Architecture) -> int:
+        """Parameters applied to each token: the shared ones and ``active_experts`` of the experts.
+
+        As the llm-jp-3.1 8x13b card counts them, the router's weights count
+        in the same share as the experts'.
+        """
+        return self._count(arch, self.active_experts) if self.experts else self.parameters(arch)
+
+
+# As the cards give them (layers × hidden × heads, context, vocabulary); the
+# feed-forward width is the checkpoint config's, which the cards' parameter
+# counts confirm. Values the cards do not state are marked where they occur.
+LLMJP3_VOCAB = 99_487
+LLMJP31_1_8B = Shape(layers=24, hidden=2048, heads=16, intermediate=7168, vocab=LLMJP3_VOCAB)
+LLMJP31_13B = Shape(layers=40, hidden=5120, heads=40, intermediate=13824, vocab=LLMJP3_VOCAB)
+LLMJP31_8X13B = dataclasses.replace(LLMJP31_13B, experts=8, active_experts=2)
+# The card gives 96 × 12288 × 96 and "172B"; 16 KV heads and a 38,464-wide feed-forward
+# are the released config's, not the card's.
+LLMJP3_172B = Shape(layers=96, hidden=12288, heads=96, kv_heads=16, intermediate=38464, vocab=LLMJP3_VOCAB)
+# GPT-2 converted from Megatron-DeepSpeed: 4 × hidden feed-forward, tied output, learned positions.
+LLMJP_13B_V11 = Shape(layers=40, hidden=5120, heads=40, intermediate=20480, vocab=50_570, positions=2048, tied=True)
+# The card gives 36 layers × 4864 and "10 billion parameters"; the 38 heads and the
+# 65,536-piece vocabulary are the released config's, not the card's.
+WEBLAB_10B = Shape(layers=36, hidden=4864, heads=38, intermediate=19456, vocab=65_536)
+
+# The random-weight models inference.tiny builds (a test checks that they agree).
+_TINY_LLAMA = Shape(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=2_611)
+TINY_SHAPES = {
+    Architecture.LLAMA: _TINY_LLAMA,
+    Architecture.MIXTRAL: dataclasses.replace(_TINY_LLAMA, experts=8, active_experts=2),
+    Architecture.GPT2: Shape(layers=2, hidden=64, heads=4, intermediate=256, vocab=2_611, positions=2048, tied=True),
+    Architecture.GPT_NEOX: Shape(layers=2, hidden=64, heads=4, intermediate=256, vocab=2_611),
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """One servable checkpoint."""
@@ -94,7 +182,8 @@ class ModelSpec:
     """Hub repo id or local directory; for tiny models, the architecture to build."""
     label: str
     architecture: Architecture
-    moe: bool = False
+    shape: Shape
+    """The sizes in the checkpoint's config; parameter counts and memory are derived from them."""
     prompt_format: PromptFormat
     license: License
     dtype: str
@@ -102,14 +191,39 @@ class ModelSpec:
     context: int
     sampling: SamplingOptions
     """The card's recommended sampling; the UI resets to it when the model is chosen."""
-    weights_gb: float
-    """Memory for the weights alone, before the KV cache."""
     gated: bool = False
+    """The hub asks for an approved account's token before it serves the files."""
     tiny: bool = False
     """A random-weight model of the real architecture, built locally for offline use."""
-    instruct: bool = True
     endpoint: Endpoint | None = None
     """Set when the model runs on a remote server instead of this machine."""
+    revision: str | None = None
+    """The hub commit (or branch, or tag) to load; the newest on the main branch when unset."""
+
+    @property
+    def moe(self) -> bool:
+        """A mixture of experts: only some of its parameters work on each token."""
+        return self.shape.experts > 0
+
+    @property
+    def parameters(self) -> int:
+        return self.shape.parameters(self.architecture)
+
+    @property
+    def active_parameters(self) -> int:
+        """Parameters that work on each token: all of them for a dense model."""
+        return self.shape.active_parameters(self.architecture)
+
+    @property
+    def weights_bytes(self) -> int:
+        """Memory for the weights in the checkpoint's dtype, before the KV cache."""
+        return self.parameters * DTYPE_BYTES[self.dtype]
+
+    @property
+    def size_label(self) -> str:
+        """Parameters in words, with the active share of a mixture of experts, for the model list."""
+        total = _billions(self.parameters)
+        return f"{total}, {_billions(self.active_parameters)} active" if self.moe else total
 
 
 # No card passes top_k: their code samples with transformers' default, top_k=50.
@@ -120,126 +234,130 @@ _COMPLETION_SAMPLING = SamplingOptions(
     temperature=0.7, top_p=0.95, top_k=50, repetition_penalty=1.05, max_new_tokens=100
 )
 
-CHECKPOINTS: tuple[ModelSpec, ...] = (
-    ModelSpec(
-        id="llm-jp-3.1-1.8b-instruct4",
-        source="llm-jp/llm-jp-3.1-1.8b-instruct4",
-        label="LLM-jp-3.1 1.8B instruct4",
-        architecture=Architecture.LLAMA,
-        prompt_format=PromptFormat.LLMJP3_CHAT,
-        license=APACHE_2,
-        dtype="bfloat16",
-        context=4096,
-        sampling=_LLMJP3_SAMPLING,
-        weights_gb=3.7,
-    ),
-    ModelSpec(
-        id="llm-jp-3.1-13b-instruct4",
-        source="llm-jp/llm-jp-3.1-13b-instruct4",
-        label="LLM-jp-3.1 13B instruct4",
-        architecture=Architecture.LLAMA,
-        prompt_format=PromptFormat.LLMJP3_CHAT,
-        license=APACHE_2,
-        dtype="bfloat16",
-        context=4096,
-        sampling=_LLMJP3_SAMPLING,
-        weights_gb=27.0,
-    ),
-    ModelSpec(
-        id="llm-jp-3.1-8x13b-instruct4",
-        source="llm-jp/llm-jp-3.1-8x13b-instruct4",
-        label="LLM-jp-3.1 8x13B instruct4 (MoE)",
-        architecture=Architecture.MIXTRAL,
-        moe=True,
-        prompt_format=PromptFormat.LLMJP3_CHAT,
-        license=APACHE_2,
-        dtype="bfloat16",
-        context=4096,
-        sampling=_LLMJP3_SAMPLING,
-        weights_gb=146.0,
-    ),
-    ModelSpec(
-        id="llm-jp-3-172b-beta1-instruct",
-        source="llm-jp/llm-jp-3-172b-beta1-instruct",
-        label="LLM-jp-3 172B beta1 instruct",
-        architecture=Architecture.LLAMA,
-        prompt_format=PromptFormat.LLMJP3_CHAT,
-        license=NII_172B_BETA1,
-        dtype="bfloat16",
-        context=4096,
-        sampling=_LLMJP3_SAMPLING,
-        weights_gb=344.0,
-        gated=True,
-    ),
-    ModelSpec(
-        id="llm-jp-13b-instruct-v1.1",
-        source="llm-jp/llm-jp-13b-instruct-full-dolly_en-dolly_ja-ichikara_003_001-oasst_en-oasst_ja-v1.1",
-        label="LLM-jp-13B instruct v1.1",
-        architecture=Architecture.GPT2,
-        prompt_format=PromptFormat.LLMJP_V11_ALPACA,
-        license=APACHE_2,
-        dtype="float16",
-        context=2048,
-        sampling=_V11_SAMPLING,
-        weights_gb=26.0,
-    ),
-    ModelSpec(
-        id="weblab-10b-instruction-sft",
-        source="matsuo-lab/weblab-10b-instruction-sft",
-        label="weblab-10b instruction-sft",
-        architecture=Architecture.GPT_NEOX,
-        prompt_format=PromptFormat.WEBLAB_ALPACA,
-        license=CC_BY_NC_4,
-        dtype="float16",
-        context=2048,
-        sampling=_WEBLAB_SAMPLING,
-        weights_gb=21.0,
-    ),
-    ModelSpec(
-        id="llm-jp-3.1-1.8b",
-        source="llm-jp/llm-jp-3.1-1.8b",
-        label="LLM-jp-3.1 1.8B (base)",
-        architecture=Architecture.LLAMA,
-        prompt_format=PromptFormat.COMPLETION,
-        license=APACHE_2,
-        dtype="bfloat16",
-        context=4096,
-        sampling=_COMPLETION_SAMPLING,
-        weights_gb=3.7,
-        instruct=False,
-    ),
-    ModelSpec(
-        id="weblab-10b",
-        source="matsuo-lab/weblab-10b",
-        label="weblab-10b (base)",
-        architecture=Architecture.GPT_NEOX,
-        prompt_format=PromptFormat.COMPLETION,
-        license=CC_BY_NC_4,
-        dtype="float16",
-        context=2048,
-        sampling=_WEBLAB_SAMPLING,
-        weights_gb=21.0,
-        instruct=False,
-    ),
+
+def _labelled(specs: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
+    """Name each mixture of experts with its total and active parameters, as the model list shows it."""
+    return tuple(dataclasses.replace(s, label=f"{s.label} (MoE: {s.size_label})") if s.moe else s for s in specs)
+
+
+CHECKPOINTS: tuple[ModelSpec, ...] = _labelled(
+    (
+        ModelSpec(
+            id="llm-jp-3.1-1.8b-instruct4",
+            source="llm-jp/llm-jp-3.1-1.8b-instruct4",
+            label="LLM-jp-3.1 1.8B instruct4",
+            architecture=Architecture.LLAMA,
+            prompt_format=PromptFormat.LLMJP3_CHAT,
+            license=APACHE_2,
+            dtype="bfloat16",
+            context=4096,
+            sampling=_LLMJP3_SAMPLING,
+            shape=LLMJP31_1_8B,
+        ),
+        ModelSpec(
+            id="llm-jp-3.1-13b-instruct4",
+            source="llm-jp/llm-jp-3.1-13b-instruct4",
+            label="LLM-jp-3.1 13B instruct4",
+            architecture=Architecture.LLAMA,
+            prompt_format=PromptFormat.LLMJP3_CHAT,
+            license=APACHE_2,
+            dtype="bfloat16",
+            context=4096,
+            sampling=_LLMJP3_SAMPLING,
+            shape=LLMJP31_13B,
+        ),
+        ModelSpec(
+            id="llm-jp-3.1-8x13b-instruct4",
+            source="llm-jp/llm-jp-3.1-8x13b-instruct4",
+            label="LLM-jp-3.1 8x13B instruct4",
+            architecture=Architecture.MIXTRAL,
+            prompt_format=PromptFormat.LLMJP3_CHAT,
+            license=APACHE_2,
+            dtype="bfloat16",
+            context=4096,
+            sampling=_LLMJP3_SAMPLING,
+            shape=LLMJP31_8X13B,
+        ),
+        ModelSpec(
+            id="llm-jp-3-172b-beta1-instruct",
+            source="llm-jp/llm-jp-3-172b-beta1-instruct",
+            label="LLM-jp-3 172B beta1 instruct",
+            architecture=Architecture.LLAMA,
+            prompt_format=PromptFormat.LLMJP3_CHAT,
+            license=NII_172B_BETA1,
+            dtype="bfloat16",
+            context=4096,
+            sampling=_LLMJP3_SAMPLING,
+            shape=LLMJP3_172B,
+            gated=True,
+        ),
+        ModelSpec(
+            id="llm-jp-13b-instruct-v1.1",
+            source="llm-jp/llm-jp-13b-instruct-full-dolly_en-dolly_ja-ichikara_003_001-oasst_en-oasst_ja-v1.1",
+            label="LLM-jp-13B instruct v1.1",
+            architecture=Architecture.GPT2,
+            prompt_format=PromptFormat.LLMJP_V11_ALPACA,
+            license=APACHE_2,
+            dtype="float16",
+            context=2048,
+            sampling=_V11_SAMPLING,
+            shape=LLMJP_13B_V11,
+        ),
+        ModelSpec(
+            id="weblab-10b-instruction-sft",
+            source="matsuo-lab/weblab-10b-instruction-sft",
+            label="weblab-10b instruction-sft",
+            architecture=Architecture.GPT_NEOX,
+            prompt_format=PromptFormat.WEBLAB_ALPACA,
+            license=CC_BY_NC_4,
+            dtype="float16",
+            context=2048,
+            sampling=_WEBLAB_SAMPLING,
+            shape=WEBLAB_10B,
+        ),
+        ModelSpec(
+            id="llm-jp-3.1-1.8b",
+            source="llm-jp/llm-jp-3.1-1.8b",
+            label="LLM-jp-3.1 1.8B (base)",
+            architecture=Architecture.LLAMA,
+            prompt_format=PromptFormat.COMPLETION,
+            license=APACHE_2,
+            dtype="bfloat16",
+            context=4096,
+            sampling=_COMPLETION_SAMPLING,
+            shape=LLMJP31_1_8B,
+        ),
+        ModelSpec(
+            id="weblab-10b",
+            source="matsuo-lab/weblab-10b",
+            label="weblab-10b (base)",
+            architecture=Architecture.GPT_NEOX,
+            prompt_format=PromptFormat.COMPLETION,
+            license=CC_BY_NC_4,
+            dtype="float16",
+            context=2048,
+            sampling=_WEBLAB_SAMPLING,
+            shape=WEBLAB_10B,
+        ),
+    )
 )
 
 _TINY_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, top_k=50, repetition_penalty=1.05, max_new_tokens=64)
 
 
-def _tiny(arch: Architecture, fmt: PromptFormat, *, moe: bool = False, context: int = 2048) -> ModelSpec:
+def _tiny(arch: Architecture, fmt: PromptFormat, *, context: int = 2048) -> ModelSpec:
     name = {Architecture.GPT_NEOX: "gptneox"}.get(arch, arch.value)
     return ModelSpec(
         id=f"tiny-{name}",
         source=arch.value,
         label=f"tiny-{name} (ランダム重みの試験用 / random-weight test model)",
         architecture=arch,
-        moe=moe,
         prompt_format=fmt,
         license=TEST_ONLY,
         dtype="float32",
         context=context,
         sampling=_TINY_SAMPLING,
-        weights_gb=0.01,
+        shape=TINY_SHAPES[arch],
         tiny=True,
     )
 
@@ -248,7 +366,7 @@ def _tiny(arch: Architecture, fmt: PromptFormat, *, moe: bool = False, context: 
 # format of the family each stands for, so the whole path runs offline.
 TINY_MODELS: tuple[ModelSpec, ...] = (
     _tiny(Architecture.LLAMA, PromptFormat.LLMJP3_CHAT, context=4096),
-    _tiny(Architecture.MIXTRAL, PromptFormat.LLMJP3_CHAT, moe=True, context=4096),
+    _tiny(Architecture.MIXTRAL, PromptFormat.LLMJP3_CHAT, context=4096),
     _tiny(Architecture.GPT2, PromptFormat.LLMJP_V11_ALPACA),
     _tiny(Architecture.GPT_NEOX, PromptFormat.WEBLAB_ALPACA),
 )

@@ -28,8 +28,8 @@ from transformers import AutoTokenizer
 
 from inference import hub, prompts
 from inference.errors import AppError, GenerationFailed, ModelUnavailable
-from inference.progress import Status
-from inference.prompts import Message
+from inference.progress import Outcome, Status
+from inference.prompts import Message, Prompt
 from inference.registry import Endpoint, ModelSpec, Server
 from inference.sampling import SamplingOptions
 
@@ -40,7 +40,11 @@ TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 
 
 def request_body(endpoint: Endpoint, options: SamplingOptions, max_tokens: int, eos: int | None, pad: int | None):
-    """The ``/v1/completions`` fields, beyond the prompt, that ``endpoint``'s server accepts."""
+    """The ``/v1/completions`` fields, beyond the prompt, that ``endpoint``'s server accepts.
+
+    A seed reaches vLLM (per-request seeded sampling); ``transformers serve``
+    has no per-request seed, so a seeded request there is not reproducible.
+    """
     greedy = options.temperature == 0.0
     if endpoint.server is Server.TRANSFORMERS:
         config: dict[str, Any] = {
@@ -53,10 +57,12 @@ def request_body(endpoint: Endpoint, options: SamplingOptions, max_tokens: int, 
         if not greedy:
             config |= {"temperature": options.temperature, "top_p": options.top_p, "top_k": options.top_k}
         return {"max_tokens": max_tokens, "extra_body": {"generation_config": json.dumps(config)}}
+    seed = {} if options.seed is None else {"seed": options.seed}
     return {
         "max_tokens": max_tokens,
         "temperature": options.temperature,  # vLLM decodes greedily at 0
         "top_p": options.top_p,
+        **seed,
         "extra_body": {
             "top_k": options.top_k or -1,  # -1 is "off" in every vLLM version
             "repetition_penalty": options.repetition_penalty,
@@ -117,37 +123,62 @@ class RemoteBackend:
                     raise hub.explain(spec, exc) from exc
             return self._tokenizers[spec.id]
 
-    def generate(
+    def prepare(
         self,
         spec: ModelSpec,
         messages: Sequence[Message],
+        options: SamplingOptions,
+        *,
+        report: Callable[[Status], None] | None = None,
+    ) -> Prompt:
+        """Render and tokenise the conversation with the model's tokenizer, oldest turns dropped to fit."""
+        tok = self.tokenizer(spec)
+        return prompts.prepare(tok, spec.prompt_format, messages, spec.context, options.max_new_tokens)
+
+    def release(self, spec: ModelSpec) -> None:
+        """Nothing is held here: the server keeps its own models."""
+
+    def generate(
+        self,
+        spec: ModelSpec,
+        messages: Sequence[Message] | Prompt,
         options: SamplingOptions,
         emit: Callable[[str], None],
         stop: threading.Event,
         *,
         report: Callable[[Status], None] | None = None,
-    ) -> None:
+    ) -> Outcome:
         """Stream a reply from the model's server; closing the stream on stop makes the server abort it."""
         endpoint = spec.endpoint
         if endpoint is None:
             raise ValueError(f"{spec.id} has no endpoint")
+        prompt = messages if isinstance(messages, Prompt) else self.prepare(spec, messages, options)
         tok = self.tokenizer(spec)
-        text, _, max_tokens = prompts.encode(tok, spec.prompt_format, messages, spec.context, options.max_new_tokens)
-        if endpoint.server is Server.TRANSFORMERS:
-            text = _strip_added_bos(tok, text)
-        body = request_body(endpoint, options, max_tokens, tok.eos_token_id, tok.pad_token_id)
+        text = _strip_added_bos(tok, prompt.text) if endpoint.server is Server.TRANSFORMERS else prompt.text
+        body = request_body(endpoint, options, prompt.max_new_tokens, tok.eos_token_id, tok.pad_token_id)
+        reply, reason = [], "length"
         try:
             stream = self._client(endpoint).completions.create(model=endpoint.model, prompt=text, stream=True, **body)
             with stream:
                 for chunk in stream:
                     if stop.is_set():
-                        return  # leaving the block closes the connection; the server aborts the request
+                        # Leaving the block closes the connection; the server aborts the request.
+                        reason = "cancelled"
+                        break
+                    if not chunk.choices:
+                        continue
+                    reason = chunk.choices[0].finish_reason or reason
                     # Like the local decoder: a byte the server could not
                     # decode on its own is never shown as U+FFFD.
-                    if chunk.choices and (delta := chunk.choices[0].text.replace("\ufffd", "")):
+                    if delta := chunk.choices[0].text.replace("\ufffd", ""):
+                        reply.append(delta)
                         emit(delta)
         except openai.APIError as exc:
             raise _explain(spec, exc) from exc
+        # The servers stream text, not ids: the reply's length is measured with the same tokenizer.
+        completion = len(tok("".join(reply), add_special_tokens=False).input_ids)
+        finish = reason if reason in ("stop", "length", "cancelled") else "stop"
+        return Outcome(len(prompt.ids), completion, finish, spec.revision, prompt.dropped_turns)  # type: ignore[arg-type]
 
 
 def _explain(spec: ModelSpec, exc: openai.APIError) -> AppError:

@@ -38,7 +38,10 @@ class SamplingOptions(BaseModel):
         100, ge=1, le=MAX_NEW_TOKENS, description="Upper bound on the number of tokens generated."
     )
     seed: int | None = Field(
-        None, ge=0, le=2**32 - 1, description="Random seed for a reproducible reply; none by default."
+        None,
+        ge=0,
+        le=2**32 - 1,
+        description="Seeds the sampler so the same request gives the same reply; None draws afresh.",
     )
 
     @classmethod

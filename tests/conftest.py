@@ -66,7 +66,10 @@ class CountingBackend:
         self.active = 0
         self._lock = threading.Lock()
 
-    def generate(self, spec, messages: Sequence, options, emit: Callable[[str], None], stop, **kwargs) -> None:
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)  # prepare, release, is_loaded ...
+
+    def generate(self, spec, messages: Sequence, options, emit: Callable[[str], None], stop, **kwargs) -> object:
         with self._lock:
             self.calls += 1
             self.active += 1
@@ -77,7 +80,7 @@ class CountingBackend:
             emit(text)
 
         try:
-            self.inner.generate(spec, messages, options, counted, stop, **kwargs)  # type: ignore[attr-defined]
+            return self.inner.generate(spec, messages, options, counted, stop, **kwargs)  # type: ignore[attr-defined]
         finally:
             with self._lock:
                 self.active -= 1
@@ -113,6 +116,7 @@ GENEROUS_LIMITS = {
     "rate_chat_address": "10000/minute",
     "rate_consent": "10000/minute",
     "rate_consent_address": "10000/minute",
+    "rate_new_identity_address": "10000/minute",
     "max_replies_per_address": 1000,
 }
 
@@ -176,9 +180,13 @@ class PostgresServer:
         if self._as:
             subprocess.run(["chown", "-R", "postgres:postgres", str(base)], check=True)
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        self.start()
+
+    def start(self) -> None:
+        """Start the server (again, after ``stop``) on the same port and data."""
         self._run(
-            "pg_ctl", "-D", str(self.data), "-l", str(base / "log"), "-w", "start",
-            "-o", f"-h 127.0.0.1 -p {self.port} -k {base} -F -c max_connections=100",
+            "pg_ctl", "-D", str(self.data), "-l", str(self.base / "log"), "-w", "start",
+            "-o", f"-h 127.0.0.1 -p {self.port} -k {self.base} -F -c max_connections=100",
         )  # fmt: skip
 
     def _run(self, tool: str, *args: str) -> None:

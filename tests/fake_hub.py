@@ -21,9 +21,13 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 class FakeHub:
     """Serves ``repos`` ({repo id: directory}); ``gated`` repos answer 401/403 like the hub."""
 
-    def __init__(self, repos: dict[str, Path], gated: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, repos: dict[str, Path], gated: frozenset[str] = frozenset(), hold: threading.Event | None = None
+    ) -> None:
         self.repos = repos
         self.gated = gated
+        # When given, large files stop half-way until it is set: a download in progress, for as long as a test needs.
+        self.hold = hold
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -94,7 +98,18 @@ class FakeHub:
                         return
                     body = path.read_bytes()
                     etag = f'"{hashlib.sha256(body).hexdigest()}"'
-                    self._send(200, body, {"X-Repo-Commit": COMMIT, "ETag": etag})
+                    if hub.hold is None or len(body) < 1_000_000 or self.command == "HEAD":
+                        self._send(200, body, {"X-Repo-Commit": COMMIT, "ETag": etag})
+                        return
+                    self.send_response(200)
+                    for key, value in {"X-Repo-Commit": COMMIT, "ETag": etag, "Content-Length": str(len(body))}.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    half = len(body) // 2
+                    self.wfile.write(body[:half])
+                    self.wfile.flush()
+                    hub.hold.wait(60)
+                    self.wfile.write(body[half:])
                     return
                 self._send(404)
 

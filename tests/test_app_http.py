@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import json
+import math
 import re
 import sqlite3
 import time
@@ -14,6 +14,7 @@ import pytest
 from gradio_client.exceptions import AppError
 
 from tests.conftest import RunningApp, identity_of
+from tests.hostile import call
 from webapp.terms import Terms
 
 FORM = {
@@ -123,30 +124,11 @@ def test_bad_input_is_refused_and_nothing_is_generated(
     assert accepted.predict("こんにちは", **GOOD, api_name="/chat") is not None
 
 
-def raw_chat(app: RunningApp, session_hash: str, body: str) -> dict:
-    """Send a hand-written queue request (as a hostile client could) and return its final message."""
-    base = app.url.rstrip("/") + "/gradio_api"
-    joined = httpx.post(f"{base}/queue/join", content=body, headers={"content-type": "application/json"}, timeout=10)
-    joined.raise_for_status()
-    with httpx.stream("GET", f"{base}/queue/data", params={"session_hash": session_hash}, timeout=60) as events:
-        for line in events.iter_lines():
-            if line.startswith("data:"):
-                message = json.loads(line[5:])
-                if message.get("msg") == "process_completed":
-                    return message
-    raise AssertionError("the stream ended without a result")
-
-
 def test_nan_is_refused(running_app: RunningApp, accepted) -> None:
     """NaN is not JSON, so no well-behaved client can send it; a raw request can."""
-    config = httpx.get(running_app.url.rstrip("/") + "/config", timeout=10).json()
-    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "chat")
     before = (running_app.backend.calls, running_app.backend.chunks)
-    body = (
-        f'{{"data": ["こんにちは", "tiny-llama", NaN, 0.95, 0, 1.05, 16, null, null, null], "fn_index": {fn_index},'
-        f' "session_hash": "{accepted.session_hash}"}}'
-    )
-    result = raw_chat(running_app, accepted.session_hash, body)
+    data = ["こんにちは", "tiny-llama", math.nan, 0.95, 0, 1.05, 16, None, None, None]
+    result = call(running_app, "chat", data, accepted.session_hash)
     assert result["success"] is False
     assert "temperature must be in" in result["output"]["error"]
     assert (running_app.backend.calls, running_app.backend.chunks) == before

@@ -92,15 +92,12 @@ def test_closing_the_stream_stops_generation(models_dir: Path) -> None:
 
 
 def test_all_generation_runs_on_one_thread(models_dir: Path) -> None:
-    """PyTorch is fastest on the thread that first used it; every request reuses that thread."""
+    """PyTorch is fastest on a thread it keeps using; every request to a model runs on that model's thread."""
     seen: set[int] = set()
-
-    class Recording(TransformersBackend):
-        def generate(self, *args, **kwargs):
-            seen.add(threading.get_ident())
-            return super().generate(*args, **kwargs)
-
-    inference = Inference(Registry.of(TINY_MODELS), Recording(models_dir=models_dir))
+    backend = TransformersBackend(models_dir=models_dir)
+    model = backend.load(Registry.of(TINY_MODELS).get("tiny-llama")).model
+    model.register_forward_hook(lambda *_: seen.add(threading.get_ident()))
+    inference = Inference(Registry.of(TINY_MODELS), backend)
 
     async def three() -> None:
         for _ in range(3):

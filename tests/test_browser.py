@@ -170,7 +170,8 @@ def test_a_waiting_visitor_sees_their_place_then_the_reply(tmp_path: Path, model
     from webapp.settings import Settings
 
     holder: list[Held] = []
-    settings = Settings(data_dir=tmp_path / "app", models="tiny", hub_offline=True)
+    # One reply at a time (no batching), so the second visitor waits in the queue.
+    settings = Settings(data_dir=tmp_path / "app", models="tiny", hub_offline=True, max_batch=1)
     app = launch(settings, models_dir, wrap=lambda backend: holder.append(Held(backend)) or holder[0])
     held = holder[0]
     try:

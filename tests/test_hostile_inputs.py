@@ -33,7 +33,7 @@ def _cases() -> list[Any]:
 def test_the_table_has_forty_cases_per_endpoint() -> None:
     counts = {endpoint: len(spec["cases"]) for endpoint, spec in TABLE["endpoints"].items()}
     assert set(counts) == {
-        "accept_terms", "chat", "withdraw_consent", "acknowledge_licence", "admin_events", "admin_export",
+        "accept_terms", "chat", "withdraw_consent", "acknowledge_licence", "admin_events", "admin_export", "admin_erase",
     }  # fmt: skip
     assert min(counts.values()) >= 40, counts
 

@@ -1,4 +1,4 @@
-"""Several visitors at once over HTTP: one model at a time, a bounded queue, a clear "busy" past it."""
+"""Several visitors at once over HTTP: a lane as wide as the batch, a bounded queue, a clear "busy" past it."""
 
 from __future__ import annotations
 
@@ -26,12 +26,15 @@ class Held:
         self.go = threading.Event()
         self.entered = threading.Semaphore(0)
 
-    def generate(self, spec, messages, options, emit, stop, **kwargs) -> None:
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)  # prepare, release
+
+    def generate(self, spec, messages, options, emit, stop, **kwargs) -> object:
         self.entered.release()
         while not self.go.wait(0.01):
             if stop.is_set():
-                return
-        self.inner.generate(spec, messages, options, emit, stop, **kwargs)
+                return None
+        return self.inner.generate(spec, messages, options, emit, stop, **kwargs)
 
 
 @pytest.fixture
@@ -44,7 +47,8 @@ def held_app(tmp_path: Path, models_dir: Path) -> Iterator[tuple[RunningApp, Hel
         holder.append(Held(backend))
         return holder[0]
 
-    settings = Settings(data_dir=tmp_path / "app", models="tiny", hub_offline=True, max_queue=1)
+    # One request at a time per model (no batching), so that a second one queues.
+    settings = Settings(data_dir=tmp_path / "app", models="tiny", hub_offline=True, max_queue=1, max_batch=1)
     app = launch(settings, models_dir, wrap=wrap)
     try:
         yield app, holder[0]

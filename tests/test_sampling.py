@@ -24,14 +24,14 @@ from inference import InvalidInput, SamplingOptions
         ({"repetition_penalty": 0.5}, "repetition_penalty"),
         ({"seed": -1}, "seed"),
         ({"seed": 2**32}, "seed"),
-        ({"sede": 1}, "sede"),
+        ({"typical_p": 0.5}, "typical_p"),
     ],
 )
 def test_out_of_range_is_refused_bilingually(values: dict, field: str) -> None:
     with pytest.raises(InvalidInput) as err:
         SamplingOptions.parse(**values)
     assert field in err.value.ja and field in err.value.en
-    assert "範囲" in err.value.ja or field == "sede"  # an unknown name is refused as such
+    assert "範囲" in err.value.ja or field == "typical_p"
 
 
 def test_temperature_zero_is_greedy() -> None:

@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import html
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,8 +24,18 @@ from db.engine import DatabaseUnavailable, checkpoint
 from db.models import Event, EventKind
 from inference import InvalidInput
 from webapp.errors import AuditUnavailable, NotAdmin
+from webapp.identity import IDENTITY
 
 EVENT_COLUMNS = ["seq", "time (UTC)", "kind", "identity", "name", "email", "affiliation", "purpose", "detail"]
+
+
+@contextmanager
+def _audit_database() -> Iterator[None]:
+    """Any database failure behind an admin view or action: the bilingual ``AuditUnavailable``."""
+    try:
+        yield
+    except (SQLAlchemyError, DatabaseUnavailable, OSError):
+        raise AuditUnavailable() from None
 
 
 class Admin:
@@ -79,7 +91,7 @@ class Admin:
     def per_day(self, days: int = 90) -> pd.DataFrame:
         """Acceptances per UTC day over the last ``days`` days."""
         since = datetime.now(UTC) - timedelta(days=days)
-        with self.sessions() as session:
+        with _audit_database(), self.sessions() as session:
             times = session.scalars(
                 select(Event.created_at).where(Event.kind == EventKind.ACCEPTED.value, Event.created_at >= since)
             ).all()
@@ -88,7 +100,7 @@ class Admin:
 
     def latest(self, limit: int = 50) -> list[dict[str, Any]]:
         """The latest events, newest first, as plain values."""
-        with self.sessions() as session:
+        with _audit_database(), self.sessions() as session:
             events = audit.latest(session, limit)
         return [
             {
@@ -104,17 +116,8 @@ class Admin:
 
     def report(self, fmt: str, since: str = "") -> str:
         """The access report as CSV or JSON text."""
-        if not isinstance(fmt, str) or fmt not in ("csv", "json"):
-            raise InvalidInput("format は csv か json です。", "format must be csv or json.")
-        try:
-            if not isinstance(since, str) or len(since) > 64:
-                raise ValueError(since)
-            start = export.parse_since(since) if since else None
-        except ValueError:
-            raise InvalidInput(
-                "since は 2026-11-01 の形式の日付です。", "since must be a date like 2026-11-01."
-            ) from None
-        with self.sessions() as session:
+        start = _report_options(fmt, since)
+        with _audit_database(), self.sessions() as session:
             return export.render(session, fmt, start)
 
     # -- handlers -------------------------------------------------------------
@@ -141,7 +144,8 @@ class Admin:
     ) -> str:
         """The access report as CSV or JSON text (administrators only)."""
         self.require(profile, admin_token)
-        self.record(profile, admin_token, f"admin_export format={format} since={since}"[:300])
+        _report_options(format, since)  # refused before anything is recorded
+        self.record(profile, admin_token, f"admin_export format={format} since={since}")
         return self.report(format, since)
 
     def dashboard(
@@ -182,23 +186,18 @@ class Admin:
 
     def record(self, profile: gr.OAuthProfile | None, credential: object, action: str) -> None:
         """Record an administrator's view or export before showing anything; unrecorded means not shown."""
-        try:
-            with self.sessions.begin() as session:
-                audit.admin_access(session, who=self.who(profile, credential), action=action)
-        except (SQLAlchemyError, DatabaseUnavailable, OSError):
-            raise AuditUnavailable() from None
+        with _audit_database(), self.sessions.begin() as session:
+            audit.admin_access(session, who=self.who(profile, credential), action=action)
 
     def admin_erase(self, admin_token: str = "", identity: str = "", profile: gr.OAuthProfile | None = None) -> str:
         """Erase one identity's contact fields (administrators only); the erasure is itself an event."""
         self.require(profile, admin_token)
-        if not isinstance(identity, str) or not identity.strip() or len(identity) > 200:
+        if not isinstance(identity, str) or not IDENTITY.fullmatch(identity.strip()):
             raise InvalidInput("identity を指定してください。", "Give the identity to erase, as the report shows it.")
-        try:
+        with _audit_database():
             with self.sessions.begin() as session:
                 count = audit.erase(session, identity=identity.strip(), by=self.who(profile, admin_token))
             checkpoint(self.sessions.kw["bind"])
-        except (SQLAlchemyError, DatabaseUnavailable, OSError):
-            raise AuditUnavailable() from None
         return f"{count} 件の連絡先を消去しました。 / Erased {count} contact record(s)."
 
 
@@ -207,3 +206,15 @@ def download_link(text: str, filename: str, mime: str) -> str:
     data = base64.b64encode(text.encode("utf-8")).decode("ascii")
     label = f"{html.escape(filename)} をダウンロード / Download {html.escape(filename)}"
     return f'<a download="{html.escape(filename)}" href="data:{mime};charset=utf-8;base64,{data}">{label}</a>'
+
+
+def _report_options(fmt: object, since: object) -> datetime | None:
+    """The report's start time, once ``fmt`` and ``since`` are checked; raises a bilingual ``InvalidInput``."""
+    if not isinstance(fmt, str) or fmt not in ("csv", "json"):
+        raise InvalidInput("format は csv か json です。", "format must be csv or json.")
+    try:
+        if not isinstance(since, str) or len(since) > 64:
+            raise ValueError(since)
+        return export.parse_since(since) if since else None
+    except ValueError:
+        raise InvalidInput("since は 2026-11-01 の形式の日付です。", "since must be a date like 2026-11-01.") from None

@@ -181,7 +181,7 @@ class Gate:
         self._on_withdraw = on_withdraw
         self._refusals = _Window(REFUSAL_WINDOW_S)
         self._acceptances = _Window(REPEAT_ACCEPTANCE_S)
-        # Withdrawals this process could not record: they lock the chat here all the same.
+        # Withdrawals not (yet) recorded: they lock the chat in this process all the same.
         self._withdrawn: set[str] = set()
         self._withdrawn_lock = threading.Lock()
         self.retention_days = retention_days
@@ -252,11 +252,14 @@ class Gate:
 
     def withdraw(self, caller: Caller) -> None:
         """Record that ``caller`` withdraws consent; their chat locks and their replies stop at once."""
+        if caller.identity is None:
+            raise InvalidInput("撤回できる同意がありません。", "There is no consent to withdraw.")
         try:
-            held = self.has_consent(caller)
+            # A withdrawal locked here earlier but not yet recorded is recorded now.
+            held = caller.identity in self._withdrawn or self.has_consent(caller)
         except AuditUnavailable:
             held = True  # unknown: lock all the same, and try to record it
-        if caller.identity is None or not held:
+        if not held:
             raise InvalidInput("撤回できる同意がありません。", "There is no consent to withdraw.")
         # Locked here first, so a withdrawal that cannot be recorded still takes effect in this process.
         with self._withdrawn_lock:
@@ -265,6 +268,8 @@ class Gate:
             self._on_withdraw(caller.identity)
         with self._database("recording a withdrawal", withdrawal=True), self.sessions.begin() as session:
             audit.append(session, kind=EventKind.WITHDRAWN, identity=caller.identity, **self._meta(caller))
+        with self._withdrawn_lock:
+            self._withdrawn.discard(caller.identity)  # on the record now: the log itself keeps it locked
 
     def acknowledge(self, caller: Caller, spec: ModelSpec) -> None:
         """Record ``caller``'s acknowledgement of ``spec``'s licence, once per identity and licence."""

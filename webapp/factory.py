@@ -9,10 +9,9 @@ import logging
 import gradio as gr
 
 from db.engine import make_engine, session_factory, upgrade
-from inference import CHECKPOINTS, TINY_MODELS, Backend, Inference, ModelSpec, Registry, hub, tiny
-from inference.local import TransformersBackend
-from inference.registry import Architecture, Endpoint
-from inference.remote import RemoteBackend
+from inference import CHECKPOINTS, TINY_MODELS, Backend, Inference, ModelSpec, Registry, hub
+from inference.lazy import Deferred
+from inference.registry import DEFAULT_TINY_MODEL, Architecture, Endpoint
 from webapp import ui
 from webapp.admin import Admin
 from webapp.consent import Gate
@@ -26,24 +25,49 @@ from webapp.terms import Terms
 log = logging.getLogger(__name__)
 
 
-def catalog(settings: Settings) -> Registry:
-    """The models to offer: real checkpoints when the hub can serve them, else tiny ones."""
-    mode = settings.models
-    if mode == "auto":
-        offline = settings.offline or not hub.reachable()
-        mode = "tiny" if offline else "real"
-        log.info("hub %s: offering %s models", "unreachable or offline" if offline else "reachable", mode)
-    specs = {"real": CHECKPOINTS, "tiny": TINY_MODELS, "all": CHECKPOINTS + TINY_MODELS}[mode]
-    ids = {s.id for s in specs}
-    for name, table in (("LLMJP_MODEL_PATHS", settings.model_paths), ("LLMJP_REMOTE_MODELS", settings.remote_models)):
-        if unknown := set(table) - ids:
+def catalog(settings: Settings, reachable: hub.Reachability | None = None) -> Registry:
+    """The models to offer: a list of ids, or by mode; ``auto`` offers real checkpoints when the hub answers.
+
+    When the hub does not answer at start-up, ``auto`` offers the tiny models
+    first and the real ones after them: the hub is asked again (with growing
+    pauses) whenever one is chosen, so they load once it is back, and a
+    checkpoint already in the cache loads at once.
+    """
+    everything = CHECKPOINTS + TINY_MODELS
+    if (ids := settings.model_ids) is not None:
+        by_id = {s.id: s for s in everything}
+        specs: tuple[ModelSpec, ...] = tuple(by_id[i] for i in ids)
+    else:
+        mode = settings.models
+        if mode == "auto":
+            if settings.offline:
+                mode = "tiny"
+            else:
+                up = (reachable or hub.Reachability())()
+                mode = "real" if up else "tiny-first"
+                log.info("hub %s: offering %s models", "reachable" if up else "unreachable", mode)
+        specs = {"real": CHECKPOINTS, "tiny": TINY_MODELS, "all": everything, "tiny-first": TINY_MODELS + CHECKPOINTS}[
+            mode
+        ]
+    offered = {s.id for s in specs}
+    for name, table in (
+        ("LLMJP_MODEL_PATHS", settings.model_paths),
+        ("LLMJP_REMOTE_MODELS", settings.remote_models),
+        ("LLMJP_REVISIONS", settings.revisions),
+        ("LLMJP_PRELOAD", dict.fromkeys(settings.preload_ids)),
+    ):
+        if unknown := set(table) - offered:
             raise ValueError(f"{name} names models that are not offered: {sorted(unknown)}")
-    return Registry.of((_configured(s, settings) for s in specs), default=settings.default_model)
+    # An operator's list is in their order of preference; without the hub, a model that can answer comes first.
+    default = settings.default_model or (specs[0].id if ids else DEFAULT_TINY_MODEL if specs[0].tiny else None)
+    return Registry.of((_configured(s, settings) for s in specs), default=default)
 
 
 def _configured(spec: ModelSpec, settings: Settings) -> ModelSpec:
     """``spec`` with its local copy (loaded from its directory like a hub snapshot) or its server."""
     configured = spec
+    if revision := settings.revisions.get(spec.id):
+        configured = dataclasses.replace(configured, revision=revision)
     if path := settings.model_paths.get(spec.id):
         configured = dataclasses.replace(configured, source=path, tiny=False)
     if remote := settings.remote_models.get(spec.id):
@@ -54,7 +78,10 @@ def _configured(spec: ModelSpec, settings: Settings) -> ModelSpec:
     return configured
 
 
-def _remote_backend(settings: Settings) -> RemoteBackend:
+def _remote_backend(settings: Settings) -> Backend:
+    from inference import tiny
+    from inference.remote import RemoteBackend
+
     default = settings.remote_api_key
     keys = {
         str(r.base_url).rstrip("/"): key.get_secret_value()
@@ -71,8 +98,34 @@ def _remote_backend(settings: Settings) -> RemoteBackend:
     )
 
 
+def _local_backend(settings: Settings, reachable: hub.Reachability) -> Backend:
+    from inference.local import TransformersBackend
+
+    return TransformersBackend(
+        models_dir=settings.models_dir,
+        hf_token=settings.token,
+        max_loaded=settings.max_loaded_models,
+        # Asked again (with back-off) on each load, so a hub that comes back is used.
+        offline=lambda: settings.offline or not reachable(),
+        max_batch=settings.max_batch,
+        hub_cache=settings.hub_cache,
+    )
+
+
+def _preload(backend: Backend, specs: list[ModelSpec]) -> None:
+    """Load ``specs`` in turn; a visitor who asks for one meanwhile waits for the same load and sees it."""
+    for spec in specs:
+        if spec.endpoint is not None:
+            continue
+        try:
+            backend.load(spec)  # type: ignore[attr-defined]
+            log.info("preloaded %s", spec.id)
+        except Exception:
+            log.exception("preloading %s failed", spec.id)
+
+
 def create_app(settings: Settings, *, backend: Backend | None = None, terms: Terms | None = None) -> gr.Blocks:
-    """The Gradio app for ``settings``. Loads no model: models load on first use.
+    """The Gradio app for ``settings``. Loads no model here: ``LLMJP_PRELOAD`` loads in the background.
 
     ``backend`` replaces the local transformers backend (tests wrap it to count
     tokens); ``terms`` replaces the shipped terms (tests change the text).
@@ -80,13 +133,14 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
     engine = make_engine(settings.resolved_database_url)
     keys = settings.audit_keyring()
     upgrade(engine, keys=keys)
-    registry = catalog(settings)
-    backend = backend or TransformersBackend(
-        models_dir=settings.models_dir,
-        hf_token=settings.token,
-        max_loaded=settings.max_loaded_models,
-        offline=settings.offline,
-    )
+    reachable = hub.Reachability()
+    registry = catalog(settings, reachable)
+    if backend is None:
+        local = Deferred(lambda: _local_backend(settings, reachable), name="local backend")
+        preload = [registry.get(i) for i in settings.preload_ids]
+        # The page is served first; torch and transformers are imported a moment later, in the background.
+        local.warm_up(settings.warm_up_s, then=lambda b: _preload(b, preload))
+        backend = local
     secret = settings.server_secret()
     sessions = session_factory(engine, keys)
     identities = Identities(
@@ -103,8 +157,9 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
         inference=Inference(
             registry,
             backend,
-            remote=_remote_backend(settings),
+            remote=Deferred(lambda: _remote_backend(settings), name="remote backend"),
             max_queue=settings.max_queue,
+            max_batch=settings.max_batch,
             remote_concurrency=settings.remote_concurrency,
         ),
         max_message_chars=settings.max_message_chars,
@@ -112,6 +167,8 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
             {
                 "chat": Rates(settings.rate_chat, settings.rate_chat_address),
                 "consent": Rates(settings.rate_consent, settings.rate_consent_address),
+                # Each first acceptance adds a row that stays: new identities are counted per address too.
+                "new_identity": Rates("", settings.rate_new_identity_address),
             }
         ),
         in_flight=in_flight,

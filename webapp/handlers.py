@@ -160,6 +160,8 @@ class Handlers:
         caller = self.caller(request, profile, receipt)
         self.limits.check("consent", caller)
         form = AcceptanceForm.parse(name=name, email=email, affiliation=affiliation, purpose=purpose, agree=agree)
+        if caller.identity is None:
+            self.limits.check("new_identity", caller)
         token = self.gate.accept(caller, form)
         terms = self.gate.terms
         return (

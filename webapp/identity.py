@@ -36,6 +36,8 @@ _USER_AGENT_MAX = 512
 SESSION_HASH = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Hugging Face usernames: letters, digits, '-', '_' and '.', at most 96 characters.
 USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+# Any identity the log holds: accounts, pseudonyms, and older logs' anonymous session ids.
+IDENTITY = re.compile(r"(hf|anon):[A-Za-z0-9._-]{1,96}")
 IDENTITY_MAX = 100
 """No identity is longer than this (``hf:`` + 96, or ``anon:`` + 32)."""
 

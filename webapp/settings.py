@@ -15,14 +15,37 @@ from sqlalchemy.engine import make_url
 from db.chain import Keyring
 from inference import hub
 from inference.registry import Server
-from webapp.ratelimit import valid_rate
 
 # Hugging Face Spaces mounts persistent storage here when it is enabled.
 SPACES_PERSISTENT_DIR = Path("/data")
+MODEL_MODES = ("auto", "real", "tiny", "all")
+
+
+def on_spaces() -> bool:
+    """Whether this runs in a Hugging Face Space (which sets ``SPACE_ID``), whatever the disk holds."""
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def spaces_storage() -> Path | None:
+    """The Space's persistent storage, when this is a Space and it has some."""
+    return SPACES_PERSISTENT_DIR if on_spaces() and SPACES_PERSISTENT_DIR.is_dir() else None
 
 
 def _default_data_dir() -> Path:
-    return SPACES_PERSISTENT_DIR if SPACES_PERSISTENT_DIR.is_dir() else Path("data").resolve()
+    return spaces_storage() or Path("data").resolve()
+
+
+def _default_hub_cache() -> Path | None:
+    # Without persistent storage a Space downloads every checkpoint again after each restart.
+    storage = spaces_storage()
+    return storage / "huggingface" / "hub" if storage else None
+
+
+def _ids(value: object) -> list[str]:
+    """A list of model ids from a comma-separated string or a JSON list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [str(v) for v in value or []]
 
 
 class RemoteModel(BaseModel):
@@ -46,7 +69,24 @@ class Settings(BaseSettings):
     default_model: str | None = Field(None, description="Model selected on arrival.")
     models: str = Field(
         "auto",
-        description="'auto' (real checkpoints when the hub is reachable, else tiny ones), 'real', 'tiny' or 'all'.",
+        description="'auto' (real checkpoints when the hub is reachable, else tiny ones too), 'real', 'tiny', "
+        "'all', or a comma-separated list of model ids to offer.",
+    )
+    preload: str = Field("", description="Comma-separated model ids loaded at start-up, in the background.")
+    warm_up_s: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="Seconds after start-up before torch and transformers are imported and preloads begin "
+        "(the page is served without them).",
+    )
+    revisions: dict[str, str] = Field(
+        default_factory=dict,
+        description='Hub revisions (commits) to load, as JSON: {"llm-jp-3.1-1.8b-instruct4": "<commit>"}.',
+    )
+    hub_cache: Path | None = Field(
+        default_factory=_default_hub_cache,
+        description="Where checkpoints are downloaded; on a Space with persistent storage, under /data.",
     )
     model_paths: dict[str, str] = Field(
         default_factory=dict,
@@ -54,6 +94,9 @@ class Settings(BaseSettings):
     )
     max_message_chars: int = Field(4000, ge=1, description="Longest accepted chat message, in characters.")
     max_loaded_models: int = Field(1, ge=1, description="Models kept in memory at once.")
+    max_batch: int = Field(
+        8, ge=1, le=256, description="Requests to one loaded model generated together (batched); 1 turns batching off."
+    )
     max_queue: int = Field(
         16, ge=0, le=10_000, description="Requests that may wait per model server; more are told it is busy."
     )
@@ -102,6 +145,9 @@ class Settings(BaseSettings):
     rate_chat_address: str = Field("60/minute", description="Chat requests per client address.")
     rate_consent: str = Field("10/minute", description="Acceptances, withdrawals and acknowledgements per caller.")
     rate_consent_address: str = Field("30/minute", description="The same per client address.")
+    rate_new_identity_address: str = Field(
+        "60/hour", description="New anonymous identities (first acceptances) per client address."
+    )
     max_replies_per_identity: int = Field(
         2, ge=1, le=64, description="Replies one caller may have waiting or running at once."
     )
@@ -113,9 +159,14 @@ class Settings(BaseSettings):
     )
     max_file_size: str = Field("1mb", description="Largest upload Gradio accepts (the app itself takes none).")
 
-    @field_validator("rate_chat", "rate_chat_address", "rate_consent", "rate_consent_address")
+    @field_validator(
+        "rate_chat", "rate_chat_address", "rate_consent", "rate_consent_address", "rate_new_identity_address"
+    )
     @classmethod
     def _rate(cls, value: str) -> str:
+        # Imported here: ratelimit pulls in Gradio, which the database CLI must start without.
+        from webapp.ratelimit import valid_rate
+
         try:
             return valid_rate(value)
         except ValueError as exc:
@@ -124,9 +175,28 @@ class Settings(BaseSettings):
     @field_validator("models")
     @classmethod
     def _known_mode(cls, value: str) -> str:
-        if value not in {"auto", "real", "tiny", "all"}:
-            raise ValueError("LLMJP_MODELS must be one of auto, real, tiny, all")
-        return value
+        from inference import CHECKPOINTS, TINY_MODELS
+
+        if value in MODEL_MODES:
+            return value
+        known = {s.id for s in CHECKPOINTS + TINY_MODELS}
+        ids = _ids(value)
+        if not ids or (unknown := [i for i in ids if i not in known]):
+            raise ValueError(
+                f"LLMJP_MODELS must be one of {', '.join(MODEL_MODES)} or a comma-separated list of model ids; "
+                f"unknown: {unknown if ids else value!r}"
+            )
+        return ",".join(ids)
+
+    @property
+    def model_ids(self) -> list[str] | None:
+        """The ids ``models`` lists, or None when it names a mode."""
+        return None if self.models in MODEL_MODES else _ids(self.models)
+
+    @property
+    def preload_ids(self) -> list[str]:
+        """Models to load at start-up."""
+        return _ids(self.preload)
 
     @property
     def resolved_database_url(self) -> str:
@@ -153,11 +223,16 @@ class Settings(BaseSettings):
         """Hugging Face usernames with access to the Admin tab."""
         return frozenset(u.strip() for u in self.admin_users.split(",") if u.strip())
 
-    def server_secret(self) -> bytes:
-        """The server's secret: from settings, else kept in ``data_dir/secret_key`` (created once, mode 0600)."""
+    def server_secret(self, *, create: bool = True) -> bytes:
+        """The server's secret: from settings, else kept in ``data_dir/secret_key`` (created once, mode 0600).
+
+        ``create=False`` (checking tools) raises ``FileNotFoundError`` rather than make a new one.
+        """
         if self.secret_key:
             return self.secret_key.get_secret_value().encode()
         path = self.data_dir / "secret_key"
+        if not create and not path.is_file():
+            raise FileNotFoundError(f"no server secret at {path} (and LLMJP_SECRET_KEY is unset)")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             # O_EXCL: when several replicas start at once, exactly one writes it.
@@ -172,12 +247,18 @@ class Settings(BaseSettings):
             raise RuntimeError(f"{path} is too short to be a secret; delete it to have a new one made")
         return value.encode()
 
-    def audit_keyring(self) -> Keyring:
-        """The key that signs new audit events, and the retired ones that still verify old events."""
+    def audit_keyring(self, *, create: bool = True) -> Keyring:
+        """The key that signs new audit events, and the retired ones that still verify old events.
+
+        ``LLMJP_AUDIT_KEY``, else the hex HMAC-SHA256(server secret, "llmjp-demo/audit-key").
+        """
         current = (
             self.audit_key.get_secret_value().encode()
             if self.audit_key
-            else hmac.new(self.server_secret(), b"llmjp-demo/audit-key", hashlib.sha256).digest()
+            # Hex text, so that a retired derived key can be listed in LLMJP_AUDIT_OLD_KEYS as it is.
+            else hmac.new(self.server_secret(create=create), b"llmjp-demo/audit-key", hashlib.sha256)
+            .hexdigest()
+            .encode()
         )
         return Keyring.of(current, (k.get_secret_value().encode() for k in self.audit_old_keys))
 

@@ -1,0 +1,68 @@
+"""A backend built on first use, so the page is served before torch and transformers are imported.
+
+Importing torch and transformers takes seconds, most of a cold start. The
+page does not need them; the first reply (or a preload, or a warm-up a
+moment after start) builds the real backend, importing them then.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Deferred:
+    """Stands in for the backend ``build`` returns, building it once, when first needed."""
+
+    def __init__(self, build: Callable[[], Any], *, name: str = "backend") -> None:
+        self._build = build
+        self._name = name
+        self._backend: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def built(self) -> bool:
+        """Whether the real backend exists yet."""
+        return self._backend is not None
+
+    def get(self) -> Any:
+        """The real backend, built on the first call (blocking: torch is imported here)."""
+        with self._lock:
+            if self._backend is None:
+                log.info("building the %s", self._name)
+                self._backend = self._build()
+            return self._backend
+
+    def warm_up(self, after: float = 0.0, then: Callable[[Any], None] | None = None) -> threading.Thread:
+        """Build the backend on a background thread ``after`` seconds from now, then call ``then`` with it."""
+
+        def run() -> None:
+            try:
+                backend = self.get()
+                if then is not None:
+                    then(backend)
+            except Exception:  # a failed warm-up is retried by the first request, which reports it
+                log.exception("warming up the %s failed", self._name)
+
+        timer = threading.Timer(after, run)
+        timer.daemon = True
+        timer.name = f"warm-up-{self._name}"
+        timer.start()
+        return timer
+
+    def prepare(self, *args: Any, **kwargs: Any) -> Any:
+        return self.get().prepare(*args, **kwargs)
+
+    def release(self, *args: Any, **kwargs: Any) -> None:
+        if self._backend is not None:  # nothing can be held before it was built
+            self._backend.release(*args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        return self.get().generate(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
