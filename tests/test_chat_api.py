@@ -55,8 +55,9 @@ def test_models_lists_the_registry(running_app: RunningApp) -> None:
         assert model["card_sampling"] == spec.sampling.model_dump(exclude={"seed"})
         assert model["default_sampling"] == chat_defaults(spec).model_dump(exclude={"seed"})
         assert isinstance(model["loaded"], bool)
+        assert (model["parameters"], model["active_parameters"]) == (spec.parameters, spec.active_parameters)
     moe = next(m for m in listed if m["id"] == "llm-jp-3.1-8x13b-instruct4")
-    assert "22.2B" in moe["active_parameters"]
+    assert moe["active_parameters"] < moe["parameters"] and "active" in moe["size"]
 
 
 def test_api_lists_the_offered_models_for_model_id(running_app: RunningApp) -> None:

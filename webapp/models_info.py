@@ -11,9 +11,6 @@ from inference import ModelSpec, Registry, SamplingOptions
 # many (within the model's context); the card's own value stays shown.
 CHAT_MAX_NEW_TOKENS = 1024
 
-# From the model cards; the registry holds only what serving needs.
-ACTIVE_PARAMETERS = {"llm-jp-3.1-8x13b-instruct4": "22.2B active of 73.2B (2 of 8 experts)"}
-
 
 def chat_defaults(spec: ModelSpec) -> SamplingOptions:
     """The sampling a new chat with ``spec`` starts from: the card's, with room for a full answer."""
@@ -31,12 +28,13 @@ def describe(spec: ModelSpec, *, loaded: bool) -> dict[str, Any]:
         "label": spec.label,
         "architecture": spec.architecture.value,
         "kind": "moe" if spec.moe else "dense",
-        "active_parameters": ACTIVE_PARAMETERS.get(spec.id),
+        "parameters": spec.parameters,
+        "active_parameters": spec.active_parameters,
+        "size": spec.size_label,
         "context": spec.context,
         "licence": spec.license.name,
         "licence_url": spec.license.url,
         "needs_acknowledgement": spec.license.needs_acknowledgement,
-        "instruct": spec.instruct,
         "test_model": spec.tiny,
         "remote": spec.endpoint is not None,
         "card_sampling": spec.sampling.model_dump(exclude={"seed"}),
