@@ -144,15 +144,15 @@ def wire(chat: ChatView, page: ChatPage, *, lang: gr.Component, receipt: gr.Comp
     ]
     downloads = [chat.export_json, chat.export_md]
     for i, event in enumerate(replies):
-        # However the reply ended, Send comes back and the downloads hold the conversation as it now is.
+        # The downloads hold the conversation as it now is. (Send and Stop are set by the reply's own
+        # last update: a later step here could land after the next reply has begun.)
         event.then(
-            lambda messages, records: (*page.idle_buttons(), *page.export(messages, records)),
+            user_errors(page.export),
             [chat.chatbot, chat.replies],
-            [chat.send, chat.stop, *downloads],
+            downloads,
             api_name=f"page_reply_done_{i}",
             **private,
         )
-    # Stop only sets a flag: nothing in it can fail for a visitor.
     chat.stop.click(page.stop, None, None, api_name="page_stop", **private)
     chat.chatbot.undo(
         user_errors(page.undo), chat.chatbot, [chat.chatbot, chat.message], api_name="page_undo", **private
