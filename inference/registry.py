@@ -226,10 +226,13 @@ class ModelSpec:
         return f"{total}, {_billions(self.active_parameters)} active" if self.moe else total
 
 
-_LLMJP3_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, repetition_penalty=1.05, max_new_tokens=100)
-_V11_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, repetition_penalty=1.1, max_new_tokens=512)
-_WEBLAB_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, repetition_penalty=1.0, max_new_tokens=100)
-_COMPLETION_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, repetition_penalty=1.05, max_new_tokens=100)
+# No card passes top_k: their code samples with transformers' default, top_k=50.
+_LLMJP3_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, top_k=50, repetition_penalty=1.05, max_new_tokens=100)
+_V11_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, top_k=50, repetition_penalty=1.1, max_new_tokens=512)
+_WEBLAB_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, top_k=50, repetition_penalty=1.0, max_new_tokens=100)
+_COMPLETION_SAMPLING = SamplingOptions(
+    temperature=0.7, top_p=0.95, top_k=50, repetition_penalty=1.05, max_new_tokens=100
+)
 
 
 def _labelled(specs: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
@@ -339,7 +342,7 @@ CHECKPOINTS: tuple[ModelSpec, ...] = _labelled(
     )
 )
 
-_TINY_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, repetition_penalty=1.05, max_new_tokens=64)
+_TINY_SAMPLING = SamplingOptions(temperature=0.7, top_p=0.95, top_k=50, repetition_penalty=1.05, max_new_tokens=64)
 
 
 def _tiny(arch: Architecture, fmt: PromptFormat, *, context: int = 2048) -> ModelSpec:

@@ -23,7 +23,7 @@ from webapp.settings import Settings
 
 FORM = {"name": "例 太郎", "email": "taro@example.com", "affiliation": "Example University", "purpose": "研究"}
 CHAT = {"model_id": "tiny-llama", "temperature": 0.0, "top_p": 0.95, "top_k": 0, "repetition_penalty": 1.0}
-CHAT_DATA = ["こんにちは", "tiny-llama", 0.0, 0.95, 0, 1.0, 8, None, None]
+CHAT_DATA = ["こんにちは", "tiny-llama", 0.0, 0.95, 0, 1.0, 8, None, None, None]
 
 
 def visitor(app: RunningApp, address: str) -> Client:

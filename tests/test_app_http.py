@@ -127,7 +127,7 @@ def test_bad_input_is_refused_and_nothing_is_generated(
 def test_nan_is_refused(running_app: RunningApp, accepted) -> None:
     """NaN is not JSON, so no well-behaved client can send it; a raw request can."""
     before = (running_app.backend.calls, running_app.backend.chunks)
-    data = ["こんにちは", "tiny-llama", math.nan, 0.95, 0, 1.05, 16, None, None]
+    data = ["こんにちは", "tiny-llama", math.nan, 0.95, 0, 1.05, 16, None, None, None]
     result = call(running_app, "chat", data, accepted.session_hash)
     assert result["success"] is False
     assert "temperature must be in" in result["output"]["error"]
@@ -168,7 +168,7 @@ def test_html_in_the_form_is_stored_as_given(running_app: RunningApp) -> None:
 def test_api_documents_both_endpoints(running_app: RunningApp) -> None:
     api = running_app.client().view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert [p["parameter_name"] for p in api["/accept_terms"]["parameters"]] == [*FORM, "receipt"]
-    assert [p["parameter_name"] for p in api["/chat"]["parameters"]] == ["message", *GOOD, "history", "receipt"]
+    assert [p["parameter_name"] for p in api["/chat"]["parameters"]] == ["message", *GOOD, "history", "receipt", "seed"]
     assert set(api) == {
         "/accept_terms",
         "/withdraw_consent",
@@ -177,6 +177,8 @@ def test_api_documents_both_endpoints(running_app: RunningApp) -> None:
         "/admin_events",
         "/admin_export",
         "/admin_erase",
+        "/admin_feedback",
+        "/models",
     }
 
 

@@ -66,7 +66,7 @@ def test_schema_comes_from_migrations(engine: Engine) -> None:
     assert {"events", "contacts", "audit_head", "alembic_version"} <= set(inspect(engine).get_table_names())
     assert "acceptances" not in inspect(engine).get_table_names()
     with engine.connect() as conn:
-        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0003"
+        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0004"
         if engine.dialect.name == "sqlite":
             assert conn.scalar(text("PRAGMA journal_mode")) == "wal"
             assert conn.scalar(text("PRAGMA busy_timeout")) == 30000

@@ -24,6 +24,27 @@ FLAGS = [
 pytestmark = pytest.mark.browser
 
 
+def fill_form(page, name: str, email: str, *, agree: bool = True) -> None:
+    """Fill the acceptance form (Japanese page)."""
+    page.get_by_label("氏名 *").fill(name)
+    page.get_by_label("メールアドレス *").fill(email)
+    page.get_by_label("所属 *").fill("例示大学")
+    page.get_by_label("利用目的 *").fill("動作確認")
+    if agree:
+        page.get_by_label("上記の利用規約に同意します *").check()
+
+
+def accept(page, name: str = "例 太郎", email: str = "example@example.com") -> None:
+    """Accept the terms on the page and wait for the chat to open."""
+    from playwright.sync_api import expect
+
+    fill_form(page, name, email)
+    page.get_by_role("button", name="同意する", exact=True).click()
+    expect(page.get_by_role("tab", name="チャット", exact=True)).to_have_attribute(
+        "aria-selected", "true", timeout=15_000
+    )
+
+
 @pytest.fixture(scope="module")
 def page():
     from playwright.sync_api import sync_playwright
@@ -41,24 +62,22 @@ def test_locked_accept_and_stream(running_app: RunningApp, page) -> None:
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.goto(running_app.url, wait_until="load")
-    chat_tab = page.get_by_role("tab", name="Chat")
+    chat_tab = page.get_by_role("tab", name="チャット(要同意)")
     expect(chat_tab).to_be_disabled()
-    expect(chat_tab).to_contain_text("規約への同意が必要")
     expect(page.get_by_text("第1条(利用許諾)").first).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "browser-1-locked.png"), full_page=True)
 
-    # Accepting with the box unticked is refused and keeps the chat locked.
-    page.get_by_label("氏名 / Name").fill("山田 太郎")
-    page.get_by_label("メールアドレス / Email").fill("taro@example.jp")
-    page.get_by_label("所属 / Affiliation").fill("国立情報学研究所")
-    page.get_by_label("利用目的 / Intended use").fill("動作確認")
-    page.get_by_role("button", name="同意する / Accept").click()
-    expect(page.get_by_text("同意のチェック").first).to_be_visible()
+    # Accepting with the box unticked is refused, beside the box, and keeps the chat locked.
+    fill_form(page, "例 太郎", "example@example.com", agree=False)
+    page.get_by_role("button", name="同意する", exact=True).click()
+    expect(page.locator("#field-agree")).to_contain_text("同意する場合はチェックしてください", timeout=15_000)
     expect(chat_tab).to_be_disabled()
 
-    page.get_by_label("上記の利用規約に同意します").check()
-    page.get_by_role("button", name="同意する / Accept").click()
-    expect(page.get_by_role("tab", name="チャット / Chat")).to_have_attribute("aria-selected", "true", timeout=15_000)
+    page.get_by_label("上記の利用規約に同意します *").check()
+    page.get_by_role("button", name="同意する", exact=True).click()
+    expect(page.get_by_role("tab", name="チャット", exact=True)).to_have_attribute(
+        "aria-selected", "true", timeout=15_000
+    )
 
     # Record every text the reply shows, to see it arrive in pieces.
     page.evaluate(
@@ -70,14 +89,12 @@ def test_locked_accept_and_stream(running_app: RunningApp, page) -> None:
           }).observe(document.body, {subtree: true, childList: true, characterData: true});
         }"""
     )
-    box = page.get_by_label("メッセージ / Message")
+    box = page.locator("#chat-message textarea")
     box.fill("富士山について教えて")
     box.press("Enter")
     expect(page.locator('[data-testid="user"]').last).to_contain_text("富士山について教えて", timeout=15_000)
     expect(page.locator('[data-testid="bot"]').last).not_to_be_empty(timeout=60_000)
-    expect(page.get_by_role("button", name="送信 / Send")).to_be_enabled(timeout=60_000)
-    for close in page.get_by_role("button", name="Close").all():  # the earlier refusal's toast
-        close.click()
+    expect(page.locator("#send")).to_be_visible(timeout=60_000)
     page.wait_for_timeout(300)
     page.screenshot(path=str(ARTIFACTS / "browser-2-chat.png"), full_page=True)
 
@@ -88,13 +105,25 @@ def test_locked_accept_and_stream(running_app: RunningApp, page) -> None:
 
     # A returning browser is recognised by its receipt: no second acceptance.
     page.reload(wait_until="load")
-    expect(page.get_by_role("tab", name="チャット / Chat")).to_have_attribute("aria-selected", "true", timeout=15_000)
+    expect(page.get_by_role("tab", name="チャット", exact=True)).to_have_attribute(
+        "aria-selected", "true", timeout=15_000
+    )
 
-    # Withdrawing locks the chat again at once.
-    page.get_by_role("tab", name="利用規約 / Terms").click()
-    page.get_by_role("button", name="同意を撤回する / Withdraw consent").click()
-    expect(page.get_by_role("tab", name="Chat")).to_be_disabled(timeout=15_000)
+    # Withdrawing asks first, says what it keeps, then locks the chat at once and clears the form.
+    page.get_by_role("tab", name="利用規約").click()
+    fill_form(page, "例 太郎", "example@example.com")
+    page.get_by_role("button", name="同意を撤回する…").click()
+    confirm = page.get_by_text("監査ログから削除されません")
+    expect(confirm).to_be_visible()
+    page.get_by_role("button", name="やめる").click()
+    expect(confirm).to_be_hidden()
+    expect(page.get_by_role("tab", name="チャット", exact=True)).to_be_enabled()
+    page.get_by_role("button", name="同意を撤回する…").click()
+    page.get_by_role("button", name="撤回する", exact=True).click()
+    expect(page.get_by_role("tab", name="チャット(要同意)")).to_be_disabled(timeout=15_000)
     expect(page.get_by_text("同意を撤回しました").first).to_be_visible()
+    expect(page.get_by_label("氏名 *")).to_have_value("")
+    expect(page.get_by_label("上記の利用規約に同意します *")).not_to_be_checked()
 
 
 def test_admin_tab_shows_contact_fields_as_text(running_app: RunningApp, page) -> None:
@@ -107,19 +136,19 @@ def test_admin_tab_shows_contact_fields_as_text(running_app: RunningApp, page) -
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     page.goto(running_app.url, wait_until="load")
-    admin_tab = page.get_by_role("tab", name="管理 / Admin")
+    admin_tab = page.get_by_role("tab", name="管理", exact=True)
     expect(admin_tab).to_have_count(0)  # hidden from everyone who is not an administrator
 
-    page.get_by_text("管理者 / Administrators").click()
-    page.get_by_label("管理者トークン / Admin token").fill("wrong")
-    page.get_by_role("button", name="管理者として開く / Open the Admin tab").click()
+    page.get_by_text("管理者", exact=True).click()
+    page.get_by_label("管理者トークン").fill("wrong")
+    page.get_by_role("button", name="管理者として開く").click()
     expect(page.get_by_text("Only administrators").first).to_be_visible()
     expect(admin_tab).to_have_count(0)
 
-    page.get_by_label("管理者トークン / Admin token").fill(ADMIN_TOKEN)
-    page.get_by_role("button", name="管理者として開く / Open the Admin tab").click()
+    page.get_by_label("管理者トークン").fill(ADMIN_TOKEN)
+    page.get_by_role("button", name="管理者として開く").click()
     admin_tab.click()
-    table = page.get_by_label("最新のイベント / Latest events")
+    table = page.get_by_label("最新のイベント")
     # (The table keeps hidden copies of its cells for measuring; look at the shown ones.)
     expect(table.get_by_text(hostile).filter(visible=True).first).to_be_visible(timeout=15_000)
     expect(table.get_by_text("<b>bold</b>").filter(visible=True).first).to_be_visible()
@@ -152,27 +181,21 @@ def test_a_waiting_visitor_sees_their_place_then_the_reply(tmp_path: Path, model
         assert held.entered.acquire(timeout=30)
 
         page.goto(app.url, wait_until="load")
-        page.get_by_label("氏名 / Name").fill("佐藤 花子")
-        page.get_by_label("メールアドレス / Email").fill("hanako@example.jp")
-        page.get_by_label("所属 / Affiliation").fill("国立情報学研究所")
-        page.get_by_label("利用目的 / Intended use").fill("動作確認")
-        page.get_by_label("上記の利用規約に同意します").check()
-        page.get_by_role("button", name="同意する / Accept").click()
-        expect(page.get_by_role("tab", name="チャット / Chat")).to_have_attribute(
-            "aria-selected", "true", timeout=15_000
-        )
-        box = page.get_by_label("メッセージ / Message")
+        accept(page, "例 花子", "hanako@example.com")
+        box = page.locator("#chat-message textarea")
         box.fill("後から来た人")
         box.press("Enter")
-        status = page.locator("#chat-status")
-        expect(status).to_contain_text("順番待ち: 1 番目", timeout=15_000)
-        expect(status).to_contain_text("position 1")
+        # The pending reply itself says it is being written, and where it waits.
+        pending = page.locator('[data-testid="bot"]').last
+        expect(pending).to_contain_text("生成中…", timeout=15_000)
+        expect(pending).to_contain_text("順番待ち: 1 番目です。")
         page.screenshot(path=str(ARTIFACTS / "browser-4-queued.png"), full_page=True)
 
         held.go.set()
         assert job.result(timeout=60)
-        expect(page.locator('[data-testid="bot"]').last).not_to_be_empty(timeout=60_000)
-        expect(status).not_to_contain_text("順番待ち", timeout=15_000)
+        expect(page.locator("#send")).to_be_visible(timeout=60_000)
+        expect(page.locator("#chatbot")).not_to_contain_text("順番待ち")
+        expect(page.locator("#chatbot")).not_to_contain_text("生成中…")
     finally:
         held.go.set()
         app.demo.close()

@@ -83,5 +83,5 @@ def test_hostile_input(running_app: RunningApp, consenting: str, endpoint: str, 
     else:
         assert error is None, error
     # The app keeps serving: a normal chat still streams.
-    ok = call(running_app, "chat", ["はい", "tiny-llama", 0.0, 0.95, 0, 1.0, 2, None, None], consenting)
+    ok = call(running_app, "chat", ["はい", "tiny-llama", 0.0, 0.95, 0, 1.0, 2, None, None, None], consenting)
     assert error_of(ok) is None

@@ -84,16 +84,30 @@ def test_configured_default_model() -> None:
         catalog(Settings(models="tiny", default_model="llm-jp-3.1-1.8b-instruct4"))
 
 
-@pytest.mark.parametrize("model_id", ["weblab-10b-instruction-sft", "llm-jp-13b-instruct-v1.1"])
-def test_choosing_a_model_resets_controls_to_its_card(model_id: str, tmp_path) -> None:
+@pytest.mark.parametrize(
+    "model_id", ["weblab-10b-instruction-sft", "llm-jp-13b-instruct-v1.1", "llm-jp-3.1-1.8b-instruct4"]
+)
+def test_choosing_a_model_resets_controls_to_its_chat_defaults(model_id: str, tmp_path) -> None:
+    """The card's sampling, with room for a full Japanese answer; the card's own length stays shown."""
+    from webapp.chat_page import ChatPage
+
     registry = Registry.of(CHECKPOINTS)
     spec = registry.get(model_id)
     inference = Inference(registry, TransformersBackend(models_dir=tmp_path))  # loads nothing
     handlers = Handlers(gate=None, inference=inference, max_message_chars=10, limits=None, in_flight=None)  # type: ignore[arg-type]
-    *values, licence = handlers.card_defaults(model_id)
+    *values, card_line, licence = ChatPage(handlers, sessions=None).model_changed(model_id, "ja")  # type: ignore[arg-type]
     s = spec.sampling
-    assert values == [s.temperature, s.top_p, s.top_k, s.repetition_penalty, s.max_new_tokens]
+    assert values[:4] == [s.temperature, s.top_p, s.top_k, s.repetition_penalty]
+    assert values[4] >= max(s.max_new_tokens, 512)  # several hundred tokens: a whole Japanese answer
+    assert f"max_new_tokens = {s.max_new_tokens}" in card_line
     assert spec.license.name in licence
+
+
+def test_sampling_follows_what_the_cards_code_does() -> None:
+    """No card passes top_k, so transformers' default of 50 applies there."""
+    for spec in CHECKPOINTS:
+        assert spec.sampling.top_k == 50, spec.id
+        assert spec.sampling.temperature == 0.7 and spec.sampling.top_p == 0.95
 
 
 def test_local_paths_replace_hub_repos(tmp_path) -> None:

@@ -19,20 +19,31 @@ F = TypeVar("F", bound=Callable[..., Any])
 class ConsentRequired(AppError):
     """The caller has no recorded acceptance of the current terms."""
 
-    def __init__(self) -> None:
-        super().__init__(
-            "チャットを使うには、まず「利用規約」タブで現在の利用規約に同意してください。",
-            "Accept the current terms of use on the Terms tab before chatting.",
-        )
+    def __init__(self, *, api: bool = False) -> None:
+        # An API caller has no tabs: name the endpoint instead.
+        if api:
+            super().__init__(
+                "生成する前に /accept_terms で現在の利用規約に同意してください。",
+                "Accept the current terms of use with /accept_terms before generating.",
+            )
+        else:
+            super().__init__(
+                "チャットを使うには、まず「利用規約」タブで現在の利用規約に同意してください。",
+                "Accept the current terms of use on the Terms tab before chatting.",
+            )
 
 
 class LicenceNotAcknowledged(AppError):
     """The model's licence needs an acknowledgement this caller has not given."""
 
-    def __init__(self, model_label: str, licence: str) -> None:
+    def __init__(self, model_label: str, licence: str, *, api: bool = False) -> None:
+        self.model_label, self.licence = model_label, licence
+        where_ja, where_en = (
+            ("/acknowledge_licence", "with /acknowledge_licence") if api else ("モデル欄の下", "below the model")
+        )
         super().__init__(
-            f"{model_label} のライセンス({licence})は非営利利用に限られます。モデル欄の下で非営利利用を確認してから使ってください。",
-            f"{model_label} is licensed {licence} (non-commercial only). Acknowledge non-commercial use below the model first.",
+            f"{model_label} のライセンス({licence})は非営利利用に限られます。{where_ja}で非営利利用を確認してから使ってください。",
+            f"{model_label} is licensed {licence} (non-commercial only). Acknowledge non-commercial use {where_en} first.",
         )
 
 

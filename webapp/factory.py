@@ -187,6 +187,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
         registry=registry,
         oauth=settings.oauth,
         secret=hashlib.sha256(secret + b"/browser-state").hexdigest(),
+        sessions=sessions,
     )
     log.info("database %s; models %s", settings.database_url_redacted, ", ".join(registry.ids()))
     return demo

@@ -14,9 +14,11 @@ import gradio as gr
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from inference import AppError, Inference, InvalidInput, Message, ModelSpec, SamplingOptions
-from inference.progress import Finished, Status
+from inference.progress import Status
 from webapp.consent import AcceptanceForm, Gate
+from webapp.errors import ConsentRequired, LicenceNotAcknowledged
 from webapp.identity import Caller
+from webapp.models_info import catalogue, chat_defaults
 from webapp.ratelimit import InFlight, RateLimits
 from webapp.text import require_encodable, visible
 
@@ -104,7 +106,11 @@ class ReplyStopped(AppError):
 
 
 def _sampling(
-    temperature: float, top_p: float, top_k: int, repetition_penalty: float, max_new_tokens: int
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    repetition_penalty: float | None,
+    max_new_tokens: int | None,
 ) -> dict[str, Any]:
     return {
         "temperature": temperature,
@@ -235,71 +241,58 @@ class Handlers:
             if ticket.withdrawn:
                 raise ReplyStopped()
 
+    def stream_reply(
+        self,
+        request: gr.Request | None,
+        profile: gr.OAuthProfile | None,
+        receipt: object,
+        message: Any,
+        model_id: Any,
+        history: Any,
+        sampling: dict[str, Any],
+    ) -> AsyncIterator[tuple[list[Message], str | Status | None]]:
+        """The page's way in: the same checks and reply as the API (see ``_stream``)."""
+        return self._stream(request, profile, receipt, message, model_id, history, sampling)
+
     async def chat_api(
         self,
         message: str,
         model_id: str,
-        temperature: float,
-        top_p: float,
-        top_k: int,
-        repetition_penalty: float,
-        max_new_tokens: int,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
+        max_new_tokens: int | None = None,
         history: list[dict[str, Any]] | None = None,
         receipt: str | None = None,
+        seed: int | None = None,
         request: gr.Request = None,  # type: ignore[assignment]
         profile: gr.OAuthProfile | None = None,
     ) -> AsyncIterator[str]:
         """Stream a reply to ``message``; each update is the reply so far.
 
-        Waiting (the queue, a download, a load) shows on the page's status
-        line; here it is only a delay before the first update.
+        Sampling values left out take the model's defaults (``/models`` lists
+        them). Waiting (the queue, a download, a load) is only a delay here.
         """
-        sampling = _sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens)
-        reply = ""
-        async for _, item in self._stream(request, profile, receipt, message, model_id, history, sampling):
-            if isinstance(item, str):
-                reply += item
-                yield reply
-
-    async def chat_ui(
-        self,
-        message: str,
-        history: list[dict[str, Any]],
-        model_id: str,
-        temperature: float,
-        top_p: float,
-        top_k: int,
-        repetition_penalty: float,
-        max_new_tokens: int,
-        receipt: str | None,
-        request: gr.Request,
-        profile: gr.OAuthProfile | None,
-    ) -> AsyncIterator[tuple[list[dict[str, str]], str, str]]:
-        """The page's chat: show the user's turn, then stream the reply into the chatbot.
-
-        The third output is the status line under the chat: the queue
-        position, download or load progress, cleared when the reply starts.
-        """
-        sampling = _sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens)
-        shown: list[dict[str, str]] = []
-        reply = ""
-        async for past, item in self._stream(request, profile, receipt, message, model_id, history, sampling):
-            if item is None:
-                shown = [dict(m) for m in past] + [{"role": "user", "content": message}]
-                yield shown, "", ""  # the turn appears and the box clears before the model answers
-            elif isinstance(item, str):
-                reply += item
-                yield [*shown, {"role": "assistant", "content": reply}], "", ""
-            elif isinstance(item, Finished):  # the reply stays; the status line says what made it
-                yield [*shown, {"role": "assistant", "content": reply}], "", item.describe()
-            else:
-                yield shown, "", item.describe()
-
-    def card_defaults(self, model_id: str) -> tuple[float, float, int, float, int, str]:
-        """The chosen model's card sampling, to reset the controls, and its licence line."""
         spec = self.inference.registry.get(model_id)
-        s = spec.sampling
-        return s.temperature, s.top_p, s.top_k, s.repetition_penalty, s.max_new_tokens, licence_markdown(spec)
+        given = _sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens) | {"seed": seed}
+        sampling = chat_defaults(spec).model_dump() | {k: v for k, v in given.items() if v is not None}
+        reply = ""
+        try:
+            async for _, item in self._stream(request, profile, receipt, message, model_id, history, sampling):
+                if isinstance(item, str):
+                    reply += item
+                    yield reply
+        # An API caller has no tabs: the refusal names the endpoint to call.
+        except ConsentRequired:
+            raise ConsentRequired(api=True) from None
+        except LicenceNotAcknowledged as exc:
+            raise LicenceNotAcknowledged(exc.model_label, exc.licence, api=True) from None
+
+    def models(self) -> list[dict[str, Any]]:
+        """The offered models: id, label, architecture, dense or MoE, context, licence, default sampling, loaded."""
+        is_loaded = getattr(self.inference.backend, "is_loaded", None)
+        return catalogue(self.inference.registry, is_loaded)
 
     def needs_acknowledgement(
         self, model_id: str, receipt: str | None, request: gr.Request, profile: gr.OAuthProfile | None
@@ -309,9 +302,13 @@ class Handlers:
         return not self.gate.has_acknowledged(self.caller(request, profile, receipt), spec)
 
 
-def licence_markdown(spec: ModelSpec) -> str:
-    """One line naming the model's licence (and its note), for beside the model."""
+def licence_markdown(spec: ModelSpec, lang: str | None = None) -> str:
+    """One line naming the model's licence (and its note), for beside the model; bilingual without ``lang``."""
     lic = spec.license
     name = f"[{lic.name}]({lic.url})" if lic.url else lic.name
-    note = f" — {lic.note_ja} / {lic.note_en}" if lic.note_ja else ""
-    return f"**ライセンス / Licence:** {name}{note}"
+    if lang is None:
+        note = f" — {lic.note_ja} / {lic.note_en}" if lic.note_ja else ""
+        return f"**ライセンス / Licence:** {name}{note}"
+    en = lang.startswith("en")
+    note = (lic.note_en if en else lic.note_ja) if lic.note_ja else ""
+    return f"**{'Licence' if en else 'ライセンス'}:** {name}" + (f" — {note}" if note else "")

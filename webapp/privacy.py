@@ -21,9 +21,9 @@ def notice(lang: str, retention_days: int | None) -> str:
     return text.replace("{retention_ja}", ja).replace("{retention_en}", en)
 
 
-def render(retention_days: int | None) -> None:
-    """The notice, folded under the acceptance form, Japanese first."""
-    with gr.Accordion("個人情報の取り扱い / Privacy notice", open=False, elem_id="privacy-notice"), gr.Tabs():
+def render(retention_days: int | None, label: object = "個人情報の取り扱い / Privacy notice") -> None:
+    """The notice, folded beside the acceptance form, Japanese first; ``label`` may be a translated one."""
+    with gr.Accordion(label, open=False, elem_id="privacy-notice"), gr.Tabs():
         with gr.Tab("日本語", id="privacy-ja"):
             gr.Markdown(notice("ja", retention_days))
         with gr.Tab("English", id="privacy-en"):

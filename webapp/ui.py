@@ -2,43 +2,65 @@
 
 from __future__ import annotations
 
-import html
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import gradio as gr
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.middleware import Middleware
 
-from inference import Registry, SamplingOptions
-from inference.sampling import bounds
-from webapp import privacy
+from inference import Registry
+from webapp import privacy, ui_chat, ui_terms
 from webapp.admin import EVENT_COLUMNS, Admin
+from webapp.chat_page import ChatPage
 from webapp.errors import user_errors
 from webapp.guard import Guard
-from webapp.handlers import Handlers, licence_markdown
+from webapp.handlers import Handlers
+from webapp.i18n import HEAD, I18N, t
+from webapp.ratings import Ratings
 from webapp.settings import Settings
 from webapp.terms import Terms
 
 TITLE = "LLM-jp チャット / LLM-jp Chat"
-CHAT_LOCKED = "チャット(規約への同意が必要) / Chat (accept the terms first)"
-CHAT_OPEN = "チャット / Chat"
-ACKNOWLEDGE = "非営利目的でのみ利用することを確認します / I will use this model for non-commercial purposes only"
 
 CSS = """
 .terms-text { white-space: pre-wrap; font-size: 0.92em; line-height: 1.6; max-height: 28em; overflow-y: auto;
   padding: 0.8em; border: 1px solid var(--border-color-primary); border-radius: 6px; }
+.terms-hash, .terms-hash code, #model-licence { overflow-wrap: anywhere; word-break: break-all; }
+.field-error .info { color: var(--error-text-color) !important; font-weight: 600; }
+.field-error input, .field-error textarea { border-color: var(--error-border-color) !important; }
+.chat-buttons { flex-wrap: nowrap !important; gap: 0.5em; }
+.chat-buttons > * { flex: 1 1 0 !important; min-width: 0 !important; }
+#page-header { align-items: center; }
+#page-header h1 { margin: 0; }
+#language { flex-grow: 0 !important; }
+/* Gradio titles its toasts with the English type name; say it in Japanese on a Japanese page. */
+html[lang^="ja"] .toast-title { font-size: 0 !important; }
+html[lang^="ja"] .toast-title::before { font-size: var(--text-md); }
+html[lang^="ja"] .toast-title.warning::before { content: "ご確認ください"; }
+html[lang^="ja"] .toast-title.info::before { content: "お知らせ"; }
+html[lang^="ja"] .toast-title.error::before { content: "エラー"; }
+html[lang^="ja"] .toast-title.success::before { content: "完了"; }
+@media (max-width: 640px) {
+  #page-header h1 { font-size: 1.3em; }
+  #model-row { flex-direction: column !important; }
+  #language .wrap { flex-direction: row !important; }
+  .tab-container button, [role="tab"] { padding-left: 0.6em; padding-right: 0.6em; }
+}
 """
 FONTS = ["Noto Sans CJK JP", "Noto Sans JP", "Hiragino Sans", "Yu Gothic", "Meiryo", "system-ui", "sans-serif"]
 
 
 def launch_options(settings: Settings | None = None) -> dict[str, Any]:
-    """Arguments for ``demo.launch``: the look of the page, and the limits of the web server."""
+    """Arguments for ``demo.launch``: the look and language of the page, and the limits of the web server."""
     # Local fonts only: the page must not wait on a font service, and Japanese
     # must render with a CJK face rather than boxes.
     options: dict[str, Any] = {
         "theme": gr.themes.Default(font=FONTS, font_mono=["Noto Sans Mono CJK JP", "monospace"]),
         "css": CSS,
+        "head": HEAD,
+        "i18n": I18N,
     }
     if settings is not None:
         # The app reads X-Forwarded-For itself, trusting exactly the configured
@@ -56,241 +78,168 @@ def launch_options(settings: Settings | None = None) -> dict[str, Any]:
 
 
 @dataclass
-class _TermsForm:
-    fields: list[Any]
-    accept: gr.Button
-    withdraw: gr.Button
-    status: gr.Markdown
-
-
-@dataclass
-class _Chat:
-    model: gr.Dropdown
-    licence: gr.Markdown
-    acknowledge: gr.Button
-    sliders: list[Any]
-    chatbot: gr.Chatbot
-    status: gr.Markdown
-    message: gr.Textbox
-    send: gr.Button
-    stop: gr.Button
-    clear: gr.Button
-
-
-@dataclass
-class _Page:
-    """Every component an event reads or updates."""
-
-    receipt: gr.BrowserState
-    admin_grant: gr.BrowserState
-    tabs: gr.Tabs
-    chat_tab: gr.Tab
-    admin_tab: gr.Tab
-    form: _TermsForm
-    chat: _Chat
-    admin: _AdminView
-
-
-@dataclass
 class _AdminView:
     token_box: gr.Textbox
     sign_in: gr.Button
     plot: gr.BarPlot
     events: gr.Dataframe
     download: gr.HTML
+    ratings: gr.Dataframe
+    ratings_download: gr.HTML
     refresh: gr.Button
 
 
-def _render_terms(terms: Terms) -> _TermsForm:
-    gr.Markdown(
-        "## 利用規約 / Terms of use\n"
-        "チャットを使う前に、国立情報学研究所の「LLM-jp-3 172B beta1」利用規約を読み、同意してください。"
-        " 日本語版が正文です。英語版は参考訳であり、法的効力を持ちません。\n\n"
-        'Before chatting, read and accept the NII "LLM-jp-3 172B beta1" terms of use. The Japanese text is'
-        " authoritative; the English translation is for reference only and has no legal effect."
-    )
-    with gr.Tabs():
-        with gr.Tab("日本語(正文)", id="terms-ja"):
-            gr.HTML(f'<div class="terms-text" lang="ja">{html.escape(terms.ja)}</div>')
-        with gr.Tab("English (reference only, no legal effect)", id="terms-en"):
-            gr.HTML(f'<div class="terms-text" lang="en">{html.escape(terms.en)}</div>')
-    gr.Markdown(
-        "出典 / Source: [llm-jp/llm-jp-3-172b-beta1-instruct](https://huggingface.co/llm-jp/llm-jp-3-172b-beta1-instruct)"
-        f" — 規約 ID / terms id `{terms.id}`, SHA-256 `{terms.sha256}`"
-    )
-    with gr.Group():
-        name = gr.Textbox(label="氏名 / Name", max_lines=1)
-        email = gr.Textbox(label="メールアドレス / Email", max_lines=1, type="email")
-        affiliation = gr.Textbox(label="所属 / Affiliation", max_lines=1)
-        purpose = gr.Textbox(label="利用目的 / Intended use", lines=2)
-        agree = gr.Checkbox(label="上記の利用規約に同意します / I agree to the terms of use above")
-    with gr.Row():
-        accept = gr.Button("同意する / Accept", variant="primary")
-        withdraw = gr.Button("同意を撤回する / Withdraw consent", variant="secondary", visible=False)
-    status = gr.Markdown("同意するとチャットタブが使えるようになります。 / Accepting unlocks the Chat tab.")
-    return _TermsForm([name, email, affiliation, purpose, agree], accept, withdraw, status)
-
-
-def _slider(name: str, label: str, value: float, step: float) -> gr.Slider:
-    lo, hi = bounds(name)
-    info = SamplingOptions.model_fields[name].description
-    return gr.Slider(minimum=lo, maximum=hi, value=value, step=step, label=label, info=info)
-
-
-def _render_chat(registry: Registry) -> _Chat:
-    default = registry.get(registry.default_id)
-    s = default.sampling
-    with gr.Row():
-        with gr.Column(scale=3):
-            chatbot = gr.Chatbot(label="会話 / Conversation", height=460, buttons=["copy"], feedback_options=None)
-            status = gr.Markdown("", elem_id="chat-status")
-            message = gr.Textbox(label="メッセージ / Message", placeholder="富士山について教えて", lines=1, max_lines=8)
-            with gr.Row():
-                send = gr.Button("送信 / Send", variant="primary")
-                stop = gr.Button("停止 / Stop", variant="stop")
-                clear = gr.Button("消去 / Clear")
-        with gr.Column(scale=2):
-            model = gr.Dropdown(
-                choices=[(spec.label, spec.id) for spec in registry.specs.values()],
-                value=default.id,
-                label="モデル / Model",
-            )
-            licence = gr.Markdown(licence_markdown(default))
-            acknowledge = gr.Button(ACKNOWLEDGE, visible=False, size="sm")
-            with gr.Accordion("サンプリング / Sampling", open=True):
-                sliders = [
-                    _slider("temperature", "temperature (0 = greedy)", s.temperature, 0.05),
-                    _slider("top_p", "top_p", s.top_p, 0.01),
-                    _slider("top_k", "top_k (0 = off)", s.top_k, 1),
-                    _slider("repetition_penalty", "repetition_penalty", s.repetition_penalty, 0.01),
-                    _slider("max_new_tokens", "max_new_tokens", s.max_new_tokens, 1),
-                ]
-    return _Chat(model, licence, acknowledge, sliders, chatbot, status, message, send, stop, clear)
-
-
 def _render_admin() -> _AdminView:
-    gr.Markdown("## 監査ログ / Audit log")
-    refresh = gr.Button("更新 / Refresh", size="sm")
-    plot = gr.BarPlot(
-        x="day", y="acceptances", y_lim=[0, None], sort="x", title="同意数(日別、UTC) / Acceptances per day (UTC)"
-    )
-    events = gr.Dataframe(headers=EVENT_COLUMNS, datatype="str", label="最新のイベント / Latest events", wrap=True)
-    gr.Markdown("アクセスレポート (CSV) / Access report (CSV)")
+    gr.Markdown(t("audit_log"))
+    refresh = gr.Button(t("refresh"), size="sm")
+    plot = gr.BarPlot(x="day", y="acceptances", y_lim=[0, None], sort="x", title=t("per_day"))
+    events = gr.Dataframe(headers=EVENT_COLUMNS, datatype="str", label=t("latest_events"), wrap=True)
+    gr.Markdown(t("access_report"))
     download = gr.HTML("")
-    return _AdminView(gr.Textbox(render=False), gr.Button(render=False), plot, events, download, refresh)
+    ratings = gr.Dataframe(headers=["model_id", "up", "down"], label=t("feedback_counts"))
+    gr.Markdown(t("feedback_export"))
+    ratings_download = gr.HTML("")
+    return _AdminView(
+        gr.Textbox(render=False), gr.Button(render=False), plot, events, download, ratings, ratings_download, refresh
+    )
 
 
-def build(*, handlers: Handlers, admin: Admin, terms: Terms, registry: Registry, oauth: bool, secret: str) -> gr.Blocks:
+def build(
+    *,
+    handlers: Handlers,
+    admin: Admin,
+    terms: Terms,
+    registry: Registry,
+    oauth: bool,
+    secret: str,
+    sessions: sessionmaker[Session],
+) -> gr.Blocks:
     """The whole app: layout, then every event in one place."""
+    private: dict[str, Any] = {"api_visibility": "private"}
+    chat_page, terms_page, ratings = (
+        ChatPage(handlers, sessions),
+        ui_terms.TermsPage(handlers),
+        Ratings(sessions, admin),
+    )
     with gr.Blocks(title=TITLE) as demo:
         # The receipt and the admin grant live in the browser (encrypted with the
         # server secret) and come with each request: nothing server-side is
         # keyed by the session hash alone.
         receipt = gr.BrowserState(None, storage_key="llmjp-demo-receipt", secret=secret)
         admin_grant = gr.BrowserState("", storage_key="llmjp-demo-admin", secret=secret)
-        with gr.Row():
-            gr.Markdown(f"# {TITLE}")
+        with gr.Row(elem_id="page-header"):
+            gr.Markdown(t("heading"))
+            lang = gr.Radio(
+                [("日本語", "ja"), ("English", "en")],
+                value="ja",
+                label=t("language"),
+                show_label=False,
+                elem_id="language",
+                scale=0,
+                min_width=190,
+            )
             if oauth:
                 gr.LoginButton("Hugging Face でサインイン / Sign in with Hugging Face", size="sm", scale=0)
         with gr.Tabs(selected="terms") as tabs:
-            with gr.Tab("利用規約 / Terms", id="terms"):
-                form = _render_terms(terms)
-                privacy.render(handlers.gate.retention_days)
-                with gr.Accordion("管理者 / Administrators", open=False):
-                    token_box = gr.Textbox(label="管理者トークン / Admin token", type="password", max_lines=1)
-                    sign_in = gr.Button("管理者として開く / Open the Admin tab", size="sm")
-            with gr.Tab(CHAT_LOCKED, id="chat", interactive=False) as chat_tab:
-                chat = _render_chat(registry)
-            with gr.Tab("管理 / Admin", id="admin", visible=False) as admin_tab:
+            with gr.Tab(t("terms_tab"), id="terms"):
+                form = ui_terms.render(terms, lambda: privacy.render(handlers.gate.retention_days, label=t("privacy")))
+                with gr.Accordion(t("admins"), open=False):
+                    token_box = gr.Textbox(label=t("admin_token"), type="password", max_lines=1)
+                    sign_in = gr.Button(t("admin_open"), size="sm")
+            with gr.Tab(t("chat_locked"), id="chat", interactive=False) as chat_tab:
+                chat = ui_chat.render(registry)
+            with gr.Tab(t("admin_tab"), id="admin", visible=False) as admin_tab:
                 view = _render_admin()
         view.token_box, view.sign_in = token_box, sign_in
-        _wire(demo, _Page(receipt, admin_grant, tabs, chat_tab, admin_tab, form, chat, view), handlers, admin)
+
+        def page_state(
+            model_id: str,
+            receipt_value: str | None,
+            token: str,
+            request: gr.Request,
+            profile: gr.OAuthProfile | None,
+        ) -> dict[Any, Any]:
+            """Lock or unlock the chat, and show what this caller may do, from the server's record."""
+            caller = handlers.caller(request, profile, receipt_value)
+            accepted = handlers.gate.has_consent(caller)
+            return {
+                tabs: gr.Tabs(selected="chat" if accepted else "terms"),
+                chat_tab: gr.Tab(interactive=accepted, label=t("chat_open" if accepted else "chat_locked")),
+                form.withdraw: gr.Button(t("withdraw"), visible=accepted),
+                chat.acknowledge: gr.Button(
+                    t("acknowledge"),
+                    visible=accepted and handlers.needs_acknowledgement(model_id, receipt_value, request, profile),
+                ),
+                admin_tab: gr.Tab(t("admin_tab"), visible=admin.is_admin(profile, token)),
+            }
+
+        state_outputs = [tabs, chat_tab, form.withdraw, chat.acknowledge, admin_tab]
+        state_inputs = [chat.model, receipt, admin_grant]
+        # The page's language comes from the browser (or the visitor's saved choice).
+        demo.load(None, None, lang, js="() => (window.llmjpInit ? window.llmjpInit() : 'ja')", **private)
+        lang.input(None, lang, lang, js="(l) => window.llmjpSetLang(l)", **private)
+        demo.load(user_errors(page_state), state_inputs, state_outputs, api_name="page_load", **private)
+
+        # Terms: the page's form shows its errors beside the fields; /accept_terms is the API.
+        form.accept.click(
+            user_errors(terms_page.accept),
+            [*form.fields, receipt, lang],
+            [*form.fields, form.status, receipt],
+            api_name="page_accept",
+            **private,
+        ).then(user_errors(page_state), state_inputs, state_outputs, api_name="page_unlock", **private)
+        # Showing and hiding the confirmation runs in the browser alone.
+        form.withdraw.click(None, None, form.confirm, js="() => ({visible: true, __type__: 'update'})", **private)
+        form.confirm_no.click(None, None, form.confirm, js="() => ({visible: false, __type__: 'update'})", **private)
+        form.confirm_yes.click(
+            user_errors(terms_page.withdraw),
+            [receipt, lang],
+            [form.status, form.confirm, *form.fields],
+            api_name="page_withdraw",
+            **private,
+        ).then(user_errors(page_state), state_inputs, state_outputs, api_name="page_lock", **private)
+        # Recording is a short database write: let several run at once (appends
+        # still serialise on the log's head row) rather than one at a time.
+        gr.api(user_errors(handlers.accept_terms), api_name="accept_terms", concurrency_limit=8)
+        gr.api(user_errors(handlers.withdraw_consent), api_name="withdraw_consent")
+        gr.api(user_errors(handlers.acknowledge_licence), api_name="acknowledge_licence")
+
+        # Chat: the page streams into the chatbot; /chat streams text. Both go
+        # through the same gate before any token is made, and the same lanes.
+        ui_chat.wire(chat, chat_page, lang=lang, receipt=receipt).then(
+            user_errors(page_state), state_inputs, state_outputs, api_name="page_model_state", **private
+        )
+        chat.acknowledge.click(
+            user_errors(handlers.acknowledge_licence), [chat.model, receipt], None, api_name="page_ack", **private
+        ).success(
+            lambda: gr.Button(t("acknowledge"), visible=False),
+            None,
+            chat.acknowledge,
+            api_name="page_ack_done",
+            **private,
+        )
+        chat_api = user_errors(handlers.chat_api)
+        # The API's description lists the offered models rather than "any string".
+        chat_api.__annotations__ = {**chat_api.__annotations__, "model_id": Literal[tuple(registry.ids())]}
+        gr.api(chat_api, api_name="chat", concurrency_limit=None)
+        gr.api(user_errors(handlers.models), api_name="models")
+
+        # Admin: every handler checks the caller on the server.
+        dashboard = [view.plot, view.events, view.download]
+        rated = [view.ratings, view.ratings_download]
+        view.sign_in.click(
+            user_errors(admin.sign_in),
+            view.token_box,
+            [admin_grant, admin_tab],
+            api_name="page_admin_sign_in",
+            **private,
+        ).success(user_errors(admin.dashboard), admin_grant, dashboard, api_name="page_admin_open", **private)
+        for trigger, name in ((view.refresh.click, "page_admin_refresh"), (admin_tab.select, "page_admin_select")):
+            trigger(user_errors(admin.dashboard), admin_grant, dashboard, api_name=name, **private).then(
+                user_errors(ratings.dashboard), admin_grant, rated, api_name=f"{name}_ratings", **private
+            )
+        gr.api(user_errors(admin.admin_events), api_name="admin_events")
+        gr.api(user_errors(admin.admin_export), api_name="admin_export")
+        gr.api(user_errors(admin.admin_erase), api_name="admin_erase")
+        gr.api(user_errors(ratings.admin_feedback), api_name="admin_feedback")
     return demo
-
-
-def _wire(demo: gr.Blocks, page: _Page, handlers: Handlers, admin: Admin) -> None:
-    """Every event of the page and the public API, in one place."""
-    private = {"api_visibility": "private"}
-    form, chat, view, receipt = page.form, page.chat, page.admin, page.receipt
-    tabs, chat_tab, admin_tab, admin_grant = page.tabs, page.chat_tab, page.admin_tab, page.admin_grant
-
-    def page_state(
-        model_id: str,
-        receipt_value: str | None,
-        grant: str,
-        request: gr.Request,
-        profile: gr.OAuthProfile | None,
-    ) -> dict[Any, Any]:
-        """Lock or unlock the chat, and show what this caller may do, from the server's record."""
-        caller = handlers.caller(request, profile, receipt_value)
-        accepted = handlers.gate.has_consent(caller)
-        return {
-            tabs: gr.Tabs(selected="chat" if accepted else "terms"),
-            chat_tab: gr.Tab(interactive=accepted, label=CHAT_OPEN if accepted else CHAT_LOCKED),
-            form.withdraw: gr.Button(visible=accepted),
-            chat.acknowledge: gr.Button(
-                visible=accepted and handlers.needs_acknowledgement(model_id, receipt_value, request, profile)
-            ),
-            admin_tab: gr.Tab(visible=admin.is_admin(profile, grant)),
-        }
-
-    state_outputs = [tabs, chat_tab, form.withdraw, chat.acknowledge, admin_tab]
-    state_inputs = [chat.model, receipt, admin_grant]
-    demo.load(user_errors(page_state), state_inputs, state_outputs, api_name="page_load", **private)
-
-    # Terms: the page's button and the public /accept_terms share one handler.
-    form.accept.click(
-        user_errors(handlers.accept_terms),
-        [*form.fields, receipt],
-        [form.status, receipt],
-        api_name="page_accept",
-        **private,
-    ).success(user_errors(page_state), state_inputs, state_outputs, api_name="page_unlock", **private)
-    form.withdraw.click(
-        user_errors(handlers.withdraw_consent), receipt, form.status, api_name="page_withdraw", **private
-    ).success(user_errors(page_state), state_inputs, state_outputs, api_name="page_lock", **private)
-    # Recording is a short database write: let several run at once (appends
-    # still serialise on the log's head row) rather than one at a time.
-    gr.api(user_errors(handlers.accept_terms), api_name="accept_terms", concurrency_limit=8)
-    gr.api(user_errors(handlers.withdraw_consent), api_name="withdraw_consent")
-    gr.api(user_errors(handlers.acknowledge_licence), api_name="acknowledge_licence")
-
-    # Chat: the page streams into the chatbot; /chat streams text. Both go
-    # through the same gate before any token is made, and the same lanes.
-    reply = gr.on(
-        [chat.send.click, chat.message.submit],
-        user_errors(handlers.chat_ui),
-        [chat.message, chat.chatbot, chat.model, *chat.sliders, receipt],
-        [chat.chatbot, chat.message, chat.status],
-        api_name="page_chat",
-        # Fairness, the queue's bound and the "busy" message belong to the
-        # model lanes (inference.lanes), one per model server: Gradio lets
-        # every chat in at once and they wait there, seeing their position.
-        concurrency_limit=None,
-        **private,
-    )
-    # However the reply ended (done, refused, failed), the status line has nothing more to say.
-    # Clearing runs in the browser alone: no server route outside the queue's limits.
-    reply.then(None, None, chat.status, js="() => ''", api_name="page_chat_done", **private)
-    chat.stop.click(None, None, None, cancels=[reply], api_name="page_stop", **private).then(
-        None, None, chat.status, js="() => ''", api_name="page_stop_done", **private
-    )
-    chat.clear.click(None, None, chat.chatbot, js="() => []", api_name="page_clear", **private)
-    chat.model.change(
-        user_errors(handlers.card_defaults), chat.model, [*chat.sliders, chat.licence], api_name="page_model", **private
-    ).then(user_errors(page_state), state_inputs, state_outputs, api_name="page_model_state", **private)
-    chat.acknowledge.click(
-        user_errors(handlers.acknowledge_licence), [chat.model, receipt], form.status, api_name="page_ack", **private
-    ).success(lambda: gr.Button(visible=False), None, chat.acknowledge, api_name="page_ack_done", **private)
-    gr.api(user_errors(handlers.chat_api), api_name="chat", concurrency_limit=None)
-
-    # Admin: every handler checks the caller on the server.
-    dashboard = [view.plot, view.events, view.download]
-    view.sign_in.click(
-        user_errors(admin.sign_in), view.token_box, [admin_grant, admin_tab], api_name="page_admin_sign_in", **private
-    ).success(user_errors(admin.dashboard), admin_grant, dashboard, api_name="page_admin_open", **private)
-    view.refresh.click(user_errors(admin.dashboard), admin_grant, dashboard, api_name="page_admin_refresh", **private)
-    admin_tab.select(user_errors(admin.dashboard), admin_grant, dashboard, api_name="page_admin_select", **private)
-    gr.api(user_errors(admin.admin_events), api_name="admin_events")
-    gr.api(user_errors(admin.admin_export), api_name="admin_export")
-    gr.api(user_errors(admin.admin_erase), api_name="admin_erase")

@@ -1,0 +1,48 @@
+"""What the chat offers about each model: its chat defaults and a public description."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inference import ModelSpec, Registry, SamplingOptions
+
+# The cards' max_new_tokens (100 for most) are for a short sample: a full
+# Japanese answer needs several hundred tokens. The chat starts from this
+# many (within the model's context); the card's own value stays shown.
+CHAT_MAX_NEW_TOKENS = 1024
+
+
+def chat_defaults(spec: ModelSpec) -> SamplingOptions:
+    """The sampling a new chat with ``spec`` starts from: the card's, with room for a full answer."""
+    card = spec.sampling
+    if spec.tiny:
+        return card  # random-weight test models say nothing worth a long wait
+    longest = max(card.max_new_tokens, min(CHAT_MAX_NEW_TOKENS, spec.context // 2))
+    return card.model_copy(update={"max_new_tokens": longest})
+
+
+def describe(spec: ModelSpec, *, loaded: bool) -> dict[str, Any]:
+    """One model, as the ``/models`` endpoint lists it."""
+    return {
+        "id": spec.id,
+        "label": spec.label,
+        "architecture": spec.architecture.value,
+        "kind": "moe" if spec.moe else "dense",
+        "parameters": spec.parameters,
+        "active_parameters": spec.active_parameters,
+        "size": spec.size_label,
+        "context": spec.context,
+        "licence": spec.license.name,
+        "licence_url": spec.license.url,
+        "needs_acknowledgement": spec.license.needs_acknowledgement,
+        "test_model": spec.tiny,
+        "remote": spec.endpoint is not None,
+        "card_sampling": spec.sampling.model_dump(exclude={"seed"}),
+        "default_sampling": chat_defaults(spec).model_dump(exclude={"seed"}),
+        "loaded": loaded,
+    }
+
+
+def catalogue(registry: Registry, is_loaded: Any = None) -> list[dict[str, Any]]:
+    """Every offered model, in display order; ``is_loaded(model_id)`` tells which are in memory."""
+    return [describe(s, loaded=bool(is_loaded and is_loaded(s.id))) for s in registry.specs.values()]

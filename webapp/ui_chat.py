@@ -1,0 +1,189 @@
+"""The Chat tab: its layout, and its events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from inference import Registry
+from inference.sampling import bounds
+from webapp.chat_page import ChatPage
+from webapp.errors import user_errors
+from webapp.handlers import licence_markdown
+from webapp.i18n import say, t
+from webapp.models_info import chat_defaults
+
+EXAMPLES = [
+    "富士山について教えて",
+    "日本の四季の特徴を、小学生にもわかるように説明してください。",
+    "「吾輩は猫である」の冒頭を要約してください。",
+    "大規模言語モデルとは何か、三行で説明してください。",
+]
+
+
+@dataclass
+class ChatView:
+    model: gr.Dropdown
+    licence: gr.Markdown
+    acknowledge: gr.Button
+    chatbot: gr.Chatbot
+    message: gr.Textbox
+    send: gr.Button
+    stop: gr.Button
+    new_chat: gr.Button
+    sliders: list[Any]
+    seed: gr.Textbox
+    card_line: gr.Markdown
+    export_json: gr.DownloadButton
+    export_md: gr.DownloadButton
+    feedback: gr.Group
+    feedback_target: gr.Markdown
+    feedback_comment: gr.Textbox
+    feedback_share: gr.Checkbox
+    feedback_send: gr.Button
+    replies: gr.State
+    pending_rating: gr.State
+
+
+def _slider(name: str, label: Any, info: Any, value: float, step: float) -> gr.Slider:
+    lo, hi = bounds(name)
+    return gr.Slider(minimum=lo, maximum=hi, value=value, step=step, label=label, info=info, elem_id=f"slider-{name}")
+
+
+def render(registry: Registry) -> ChatView:
+    """The chat tab's components. Model first, so a phone shows it above the conversation."""
+    default = registry.get(registry.default_id)
+    s = chat_defaults(default)
+    with gr.Row(equal_height=True, elem_id="model-row"):
+        model = gr.Dropdown(
+            choices=[(spec.label, spec.id) for spec in registry.specs.values()],
+            value=default.id,
+            label=t("model"),
+            scale=2,
+            min_width=200,
+            elem_id="model-picker",
+        )
+        licence = gr.Markdown(licence_markdown(default, "ja"), elem_id="model-licence")
+    acknowledge = gr.Button(t("acknowledge"), visible=False, size="sm")
+    chatbot = gr.Chatbot(
+        label=t("conversation"),
+        height=480,
+        buttons=["copy"],
+        editable="user",
+        placeholder=t("chat_placeholder"),
+        examples=[{"text": e} for e in EXAMPLES],
+        elem_id="chatbot",
+    )
+    message = gr.Textbox(
+        label=t("message"),
+        placeholder=t("message_placeholder"),
+        lines=1,
+        max_lines=8,
+        elem_id="chat-message",
+    )
+    with gr.Row(elem_classes=["chat-buttons"]):
+        send = gr.Button(t("send"), variant="primary", min_width=0, elem_id="send")
+        stop = gr.Button(t("stop"), variant="stop", visible=False, min_width=0, elem_id="stop")
+        new_chat = gr.Button(t("new_chat"), min_width=0, elem_id="new-chat")
+    with gr.Group(visible=False) as feedback_group:
+        target = gr.Markdown("")
+        comment = gr.Textbox(label=t("feedback_comment"), lines=2, max_lines=6)
+        share = gr.Checkbox(label=t("feedback_share"), value=False)
+        feedback_send = gr.Button(t("feedback_send"), size="sm")
+    with gr.Accordion(t("sampling"), open=False, elem_id="sampling"):
+        sliders = [
+            _slider("temperature", t("temperature"), t("temperature_info"), s.temperature, 0.05),
+            _slider("top_p", "top_p", t("top_p_info"), s.top_p, 0.01),
+            _slider("top_k", t("top_k"), t("top_k_info"), s.top_k, 1),
+            _slider(
+                "repetition_penalty", "repetition_penalty", t("repetition_penalty_info"), s.repetition_penalty, 0.01
+            ),
+            _slider("max_new_tokens", "max_new_tokens", t("max_new_tokens_info"), s.max_new_tokens, 1),
+        ]
+        card_line = gr.Markdown(f"{say('ja', 'card_value')}: max_new_tokens = {default.sampling.max_new_tokens}")
+        # A text box, so that empty means "no seed" (a number box shows 0).
+        seed = gr.Textbox(label=t("seed"), info=t("seed_info"), value="", max_lines=1, elem_id="seed")
+    with gr.Accordion(t("export"), open=False, elem_id="export"), gr.Row():
+        export_json = gr.DownloadButton(t("export_json"), interactive=False, size="sm", elem_id="export-json")
+        export_md = gr.DownloadButton(t("export_md"), interactive=False, size="sm", elem_id="export-md")
+    return ChatView(
+        model, licence, acknowledge, chatbot, message, send, stop, new_chat, sliders, seed, card_line,
+        export_json, export_md, feedback_group, target, comment, share, feedback_send,
+        gr.State({}), gr.State(None),
+    )  # fmt: skip
+
+
+def wire(chat: ChatView, page: ChatPage, *, lang: gr.Component, receipt: gr.Component) -> Any:
+    """The chat's events; returns the model change event, for the page to chain its state onto."""
+    private: dict[str, Any] = {"api_visibility": "private"}
+    tail = [chat.model, *chat.sliders, chat.seed, chat.replies, lang, receipt]
+    outputs = [chat.chatbot, chat.message, chat.replies, chat.send, chat.stop]
+    # Fairness, the queue's bound and the "busy" message belong to the model
+    # lanes (inference.lanes): Gradio lets every reply in at once and they
+    # wait there, their position shown in the pending reply.
+    streaming: dict[str, Any] = {"concurrency_limit": None, "show_progress": "hidden", **private}
+    replies = [
+        gr.on(
+            [chat.send.click, chat.message.submit],
+            user_errors(page.send),
+            [chat.message, chat.chatbot, *tail],
+            outputs,
+            api_name="page_chat",
+            **streaming,
+        ),
+        chat.chatbot.retry(user_errors(page.retry), [chat.chatbot, *tail], outputs, api_name="page_retry", **streaming),
+        chat.chatbot.edit(user_errors(page.edit), [chat.chatbot, *tail], outputs, api_name="page_edit", **streaming),
+        chat.chatbot.option_select(
+            user_errors(page.option), [chat.chatbot, *tail], outputs, api_name="page_continue", **streaming
+        ),
+        chat.chatbot.example_select(
+            user_errors(page.example), [chat.chatbot, *tail], outputs, api_name="page_example", **streaming
+        ),
+    ]
+    downloads = [chat.export_json, chat.export_md]
+    for i, event in enumerate(replies):
+        # The downloads hold the conversation as it now is. (Send and Stop are set by the reply's own
+        # last update: a later step here could land after the next reply has begun.)
+        event.then(
+            user_errors(page.export),
+            [chat.chatbot, chat.replies],
+            downloads,
+            api_name=f"page_reply_done_{i}",
+            **private,
+        )
+    chat.stop.click(page.stop, None, None, api_name="page_stop", **private)
+    chat.chatbot.undo(
+        user_errors(page.undo), chat.chatbot, [chat.chatbot, chat.message], api_name="page_undo", **private
+    ).then(user_errors(page.export), [chat.chatbot, chat.replies], downloads, api_name="page_undo_done", **private)
+    cleared = [chat.chatbot, chat.message, chat.replies, chat.pending_rating]
+    for trigger, name in ((chat.new_chat.click, "page_new_chat"), (chat.chatbot.clear, "page_clear")):
+        trigger(user_errors(page.new_chat), None, cleared, api_name=name, **private).then(
+            user_errors(page.export), [chat.chatbot, chat.replies], downloads, api_name=f"{name}_done", **private
+        )
+    chat.chatbot.like(
+        user_errors(page.rate),
+        [chat.chatbot, chat.replies, lang],
+        [chat.pending_rating, chat.feedback, chat.feedback_target],
+        api_name="page_rate",
+        **private,
+    )
+    chat.feedback_send.click(
+        user_errors(page.annotate),
+        [chat.pending_rating, chat.feedback_comment, chat.feedback_share, chat.chatbot, lang],
+        [chat.pending_rating, chat.feedback, chat.feedback_comment, chat.feedback_share],
+        api_name="page_rate_comment",
+        **private,
+    )
+    model_outputs = [*chat.sliders, chat.card_line, chat.licence]
+    lang.change(
+        user_errors(page.model_texts),
+        [chat.model, lang],
+        [chat.card_line, chat.licence],
+        api_name="page_lang",
+        **private,
+    )
+    return chat.model.change(
+        user_errors(page.model_changed), [chat.model, lang], model_outputs, api_name="page_model", **private
+    )
