@@ -164,6 +164,10 @@ class _Request:
 
 
 _SKIP5 = (gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+# The last update of a reply. Gradio sends a generator's final value once more when the event
+# completes, and that message can arrive after the visitor's next reply has begun: so the final
+# value changes nothing, and Send/Stop are never set back by a reply that has already ended.
+_SETTLED = _SKIP5
 
 
 def _buttons(running: bool) -> tuple[Any, Any]:
@@ -210,14 +214,14 @@ class ChatPage:
         try:
             await anext(stream)  # every check; the first item says the reply is admitted
         except (AppError, StopAsyncIteration) as exc:
-            self._stops.pop(key, None)
+            self._release(key, stopped)
             await stream.aclose()
             if isinstance(exc, AppError):
                 gr.Warning(pick(r.lang, exc.ja, exc.en), title=say(r.lang, "notice_title"))
             yield _SKIP5
             return
         except BaseException:
-            self._stops.pop(key, None)
+            self._release(key, stopped)
             raise
         spec = self.registry.get(r.model_id)
         rid = uuid.uuid4().hex[:12]
@@ -276,14 +280,16 @@ class ChatPage:
         except AppError as exc:
             gr.Warning(pick(r.lang, exc.ja, exc.en), title=say(r.lang, "notice_title"))
             yield shown, draft, gr.skip(), *_idle()
+            yield _SETTLED
             return
         except Exception:
             log.exception("reply failed")
             gr.Warning(say(r.lang, "error_title"), title=say(r.lang, "notice_title"))
             yield shown, draft, gr.skip(), *_idle()
+            yield _SETTLED
             return
         finally:
-            self._stops.pop(key, None)
+            self._release(key, stopped)
         seconds = finished.seconds if finished and finished.seconds > 0 else loop.time() - t0
         if finished is not None:
             dropped = finished.dropped_turns or dropped
@@ -309,11 +315,17 @@ class ChatPage:
             answer["options"] = [{"label": say(r.lang, "continue"), "value": CONTINUE}]
         done = note(note_title(r.lang, outcome), note_body(r.lang, record), pending=False, seconds=seconds)
         yield [*shown, user, done, answer], gr.skip(), replies, *_idle()
+        yield _SETTLED
 
     @staticmethod
     def idle_buttons() -> tuple[Any, Any]:
         """Send shown, Stop hidden."""
         return _idle()
+
+    def _release(self, key: str, stopped: asyncio.Event) -> None:
+        # Only this reply's own claim: a late cleanup must never drop the next reply's stop event.
+        if self._stops.get(key) is stopped:
+            del self._stops[key]
 
     async def stop(self, request: gr.Request) -> None:
         """Stop this visitor's reply: it leaves the queue or ends within one token step."""

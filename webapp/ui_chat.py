@@ -153,7 +153,8 @@ def wire(chat: ChatView, page: ChatPage, *, lang: gr.Component, receipt: gr.Comp
             api_name=f"page_reply_done_{i}",
             **private,
         )
-    chat.stop.click(page.stop, None, None, api_name="page_stop", **private)
+    # Stop never waits in the queue behind other events: it only sets this visitor's stop flag.
+    chat.stop.click(page.stop, None, None, api_name="page_stop", concurrency_limit=None, **private)
     chat.chatbot.undo(
         user_errors(page.undo), chat.chatbot, [chat.chatbot, chat.message], api_name="page_undo", **private
     ).then(user_errors(page.export), [chat.chatbot, chat.replies], downloads, api_name="page_undo_done", **private)
