@@ -211,7 +211,7 @@ class Handlers:
         require_encodable(message, "メッセージ", "message")
         return SamplingOptions.parse(**sampling)
 
-    async def _stream(
+    async def stream_reply(
         self,
         request: gr.Request | None,
         profile: gr.OAuthProfile | None,
@@ -221,8 +221,8 @@ class Handlers:
         history: Any,
         sampling: dict[str, Any],
     ) -> AsyncIterator[tuple[list[Message], str | Status | None]]:
-        """Every check, then the reply: yields the validated history with ``None`` once admitted, then with
-        each item of the stream.
+        """Every check, then the reply (the page's and the API's one way in): yields the validated history
+        with ``None`` once admitted, then with each item of the stream.
 
         Cheap checks (rate, shape and size of the input) run here; the gate
         reads (and on refusal writes) the database, so it runs off the event
@@ -240,19 +240,6 @@ class Handlers:
                 yield past, item
             if ticket.withdrawn:
                 raise ReplyStopped()
-
-    def stream_reply(
-        self,
-        request: gr.Request | None,
-        profile: gr.OAuthProfile | None,
-        receipt: object,
-        message: Any,
-        model_id: Any,
-        history: Any,
-        sampling: dict[str, Any],
-    ) -> AsyncIterator[tuple[list[Message], str | Status | None]]:
-        """The page's way in: the same checks and reply as the API (see ``_stream``)."""
-        return self._stream(request, profile, receipt, message, model_id, history, sampling)
 
     async def chat_api(
         self,
@@ -279,7 +266,7 @@ class Handlers:
         sampling = chat_defaults(spec).model_dump() | {k: v for k, v in given.items() if v is not None}
         reply = ""
         try:
-            async for _, item in self._stream(request, profile, receipt, message, model_id, history, sampling):
+            async for _, item in self.stream_reply(request, profile, receipt, message, model_id, history, sampling):
                 if isinstance(item, str):
                     reply += item
                     yield reply
