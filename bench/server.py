@@ -65,10 +65,22 @@ def start(command: list[str], env: dict[str, str], port: int, timeout: float = 1
     raise TimeoutError(f"{command} did not answer within {timeout} s")
 
 
+# Every simulated visitor connects from 127.0.0.1: the per-address abuse limits would
+# otherwise count a whole benchmark crowd as one stranger.
+ONE_ADDRESS_LIMITS = {
+    "LLMJP_RATE_CHAT": "100000/minute",
+    "LLMJP_RATE_CHAT_ADDRESS": "100000/minute",
+    "LLMJP_RATE_CONSENT": "100000/minute",
+    "LLMJP_RATE_CONSENT_ADDRESS": "100000/minute",
+    "LLMJP_RATE_NEW_IDENTITY_ADDRESS": "100000/minute",
+    "LLMJP_MAX_REPLIES_PER_ADDRESS": "1024",
+}
+
+
 def app(data_dir: Path, model_paths: dict[str, str] | None = None, extra: dict[str, str] | None = None) -> Server:
     """``python app.py`` with tiny models, offline, on a free port; ``extra`` adds or overrides settings."""
     port = free_port()
-    env = {
+    env = ONE_ADDRESS_LIMITS | {
         "GRADIO_SERVER_PORT": str(port),
         "LLMJP_DATA_DIR": str(data_dir),
         "LLMJP_MODELS": "tiny",

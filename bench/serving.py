@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaC
 
 from bench import gate, models, server
 from bench.stats import Row, Sample, percentile
-from bench.streaming import MESSAGE, Plain
+from bench.streaming import MESSAGE, Plain, chat_payload
 from inference import TINY_MODELS, Inference, Registry, SamplingOptions, memory
 from inference.local import TransformersBackend
 from inference.progress import Downloading, Finished
@@ -37,7 +37,7 @@ def _accept(url: str) -> str:
 
 def visit(url: str, receipt: str, model_id: str, tokens: int, message: str = MESSAGE) -> tuple[float, float, str]:
     """One visitor over Gradio's HTTP stream: (first update s, last update s, text)."""
-    data = [message, model_id, 0.0, 1.0, 0, 1.0, tokens, None, receipt]
+    data = chat_payload(message, model_id, tokens, receipt)
     base = url.rstrip("/") + "/gradio_api/call/chat"
     started = time.perf_counter()
     first = last = 0.0
@@ -53,16 +53,19 @@ def visit(url: str, receipt: str, model_id: str, tokens: int, message: str = MES
                     last = time.perf_counter() - started
                     first = first or last
                     text = json.loads(line[5:])[0]
-                elif kind == "error":
-                    raise RuntimeError(f"/chat failed: {line}")
+                elif line.startswith("data:") and kind == "error":
+                    raise RuntimeError(f"/chat failed: {line[5:].strip()}")
     return first, last, text
 
 
-def crowd(url: str, receipt: str, n: int, tokens: int = TOKENS) -> tuple[float, list[float]]:
-    """``n`` visitors at once, each with its own question: aggregate tok/s and each one's first-update time."""
+def crowd(url: str, receipts: list[str], n: int, tokens: int = TOKENS) -> tuple[float, list[float]]:
+    """``n`` visitors at once, each with its own identity and question: aggregate tok/s and each one's
+    first-update time."""
     with ThreadPoolExecutor(n) as pool:
         started = time.perf_counter()
-        results = list(pool.map(lambda i: visit(url, receipt, "tiny-llama", tokens, f"{MESSAGE} {i}"), range(n)))
+        results = list(
+            pool.map(lambda i: visit(url, receipts[i], "tiny-llama", tokens, f"{MESSAGE} {i}"), range(n))
+        )
         wall = time.perf_counter() - started
     return n * tokens / wall, [r[0] for r in results]
 
@@ -75,12 +78,12 @@ def concurrency_rows(data_dir: Path, runs: int) -> list[Row]:
     for batch in (8, 1):
         app = server.app(data_dir / f"batch{batch}", {"tiny-llama": str(path)}, {"LLMJP_MAX_BATCH": str(batch)})
         try:
-            receipt = _accept(app.url)
-            visit(app.url, receipt, "tiny-llama", 4)  # loads the model
+            receipts = [_accept(app.url) for _ in range(8)]
+            visit(app.url, receipts[0], "tiny-llama", 4)  # loads the model
             measured[batch], firsts[batch] = {}, {}
             for n in (1, 4, 8):
                 for _ in range(runs):
-                    tok_s, first = crowd(app.url, receipt, n)
+                    tok_s, first = crowd(app.url, receipts, n)
                     measured[batch].setdefault(n, []).append(tok_s)
                     firsts[batch].setdefault(n, []).extend(first)
         finally:

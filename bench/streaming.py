@@ -89,6 +89,12 @@ def _http_stream(url: str, data: list[object]) -> tuple[float, float, str]:
     return first, last, text
 
 
+def chat_payload(message: str, model_id: str, max_new_tokens: int, receipt: str) -> list[object]:
+    """/chat's inputs in order, for Gradio's HTTP API (which takes every one): greedy, no seed."""
+    # message, model_id, temperature, top_p, top_k, repetition_penalty, max_new_tokens, history, receipt, seed
+    return [message, model_id, 0.0, 1.0, 0, 1.0, max_new_tokens, None, receipt, None]
+
+
 def compare(client: Client, url: str, receipt: str, model_id: str, path: Path, max_new_tokens: int, runs: int) -> Pairs:
     """Time /chat (as a gradio_client consumer sees it) against plain generate(), run by run."""
     plain = Plain(model_id, path)
@@ -98,7 +104,7 @@ def compare(client: Client, url: str, receipt: str, model_id: str, path: Path, m
     columns: dict[str, list[float]] = {
         k: [] for k in ("plain", "served", "ratio", "http", "http_ratio", "prefill", "first", "updates")
     }
-    data = [MESSAGE, model_id, 0.0, 1.0, 0, 1.0, max_new_tokens, None, receipt]
+    data = chat_payload(MESSAGE, model_id, max_new_tokens, receipt)
     expected = ""
     for _ in range(runs):
         seconds, ids = plain.run(max_new_tokens)
@@ -132,7 +138,7 @@ def compare(client: Client, url: str, receipt: str, model_id: str, path: Path, m
 
 def http_first_update(url: str, model_id: str, receipt: str, max_new_tokens: int, runs: int) -> Sample:
     """Seconds from request to first streamed update over Gradio's plain HTTP API (``/gradio_api/call/chat``)."""
-    data = [MESSAGE, model_id, 0.0, 1.0, 0, 1.0, max_new_tokens, None, receipt]
+    data = chat_payload(MESSAGE, model_id, max_new_tokens, receipt)
     base = url.rstrip("/") + "/gradio_api/call/chat"
     firsts = []
     with httpx.Client(timeout=60) as http:
