@@ -1,11 +1,18 @@
 """Continuous batching on one loaded model: requests join and leave a running batch between token steps.
 
 Each loaded model has one ``Batcher``: a long-lived thread that owns the
-model. A request is prefilled on its own (so its prompt is computed exactly
-as it would be alone), then joins the running batch, left-padded to the
-batch's length; finished or stopped rows leave between steps. Every row
-keeps its own sampling options, its own stop event and its own text stream,
-so one visitor's long reply never holds up another's first token.
+model. Requests that arrive together are prefilled together (left-padded to
+the longest prompt, in groups that waste little on padding), then join the
+running batch, left-padded to the batch's length; finished or stopped rows
+leave between steps. Every row keeps its own sampling options, its own stop
+event and its own text stream, so one visitor's long reply never holds up
+another's first token.
+
+Prefill is bound by arithmetic on a CPU, so eight prompts prefilled at once
+still cost far more than one; in one forward they cost about half of eight
+forwards one after the other (BENCHMARKS.md, "Batching on this CPU"), and
+every one of them gets its first token at the same moment instead of the
+last waiting for all the others.
 
 Why not transformers' own batching: on the CPUs this demo is developed and
 benchmarked on, one batched decoding step costs little more than a single
@@ -121,6 +128,29 @@ def _left_pad(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
+# A group prefilled together computes every prompt at the longest one's length:
+# this bounds the share of that work spent on padding.
+PADDING_WASTE = 0.25
+
+
+def _groups(requests: list[Request]) -> list[list[Request]]:
+    """Split requests that arrived together into groups to prefill in one forward each.
+
+    A seeded sampled request is prefilled alone (see the module's note on
+    seeds); the others go shortest first into groups whose padding stays
+    under ``PADDING_WASTE`` of the work.
+    """
+    groups: list[list[Request]] = [[r] for r in requests if r.solo]
+    group: list[Request] = []
+    for request in sorted((r for r in requests if not r.solo), key=lambda r: len(r.ids)):
+        real = sum(len(r.ids) for r in group) + len(request.ids)
+        if group and len(request.ids) * (len(group) + 1) > real * (1 + PADDING_WASTE):
+            groups.append(group)
+            group = []
+        group.append(request)
+    return groups + ([group] if group else [])
+
+
 def _penalise(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
     """transformers' repetition penalty, one factor per row."""
     penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
@@ -159,7 +189,7 @@ class Batcher:
     def run_alone(self, request: Request) -> None:
         """Generate ``request`` by itself on the calling thread (no batching thread)."""
         with torch.inference_mode():
-            cohort = self._admit(request)
+            cohort = self._admit([request])
             while cohort is not None and cohort.rows:
                 self._step(cohort)
 
@@ -186,11 +216,10 @@ class Batcher:
         with torch.inference_mode():
             while cohorts or not closing:
                 active = sum(len(c.rows) for c in cohorts)
-                for request in self._take(block=not cohorts, room=self.max_batch - active):
-                    if request is None:
-                        closing = True
-                        continue
-                    if (joined := self._admit(request)) is None:
+                taken = self._take(block=not cohorts, room=self.max_batch - active)
+                closing = closing or None in taken
+                for group in _groups([r for r in taken if r is not None]):
+                    if (joined := self._admit(group)) is None:
                         continue
                     shared = next((c for c in cohorts if not c.rows[0].request.solo), None)
                     if joined.rows[0].request.solo or shared is None:
@@ -217,31 +246,51 @@ class Batcher:
         for row in rows:
             row.finish("cancelled", exc)
 
-    def _admit(self, request: Request) -> _Cohort | None:
-        """Prefill ``request`` alone and sample its first token; a cohort of one, or None if it ended."""
-        row = _Row(request, self.tokenizer)
-        if request.stop.is_set():
-            row.finish("cancelled")
+    def _admit(self, requests: list[Request]) -> _Cohort | None:
+        """Prefill ``requests`` together and sample their first tokens; a cohort, or None if all ended."""
+        rows = []
+        for request in requests:
+            row = _Row(request, self.tokenizer)
+            if request.stop.is_set():
+                row.finish("cancelled")
+            else:
+                rows.append(row)
+        if not rows:
             return None
         device = self.model.device
-        ids = torch.tensor([request.ids], device=device)
+        length = max(len(r.request.ids) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos or 0
+        ids = torch.tensor([[pad] * (length - len(r.request.ids)) + r.request.ids for r in rows], device=device)
+        mask = torch.tensor(
+            [[0] * (length - len(r.request.ids)) + [1] * len(r.request.ids) for r in rows], device=device
+        )
         try:
             from transformers import DynamicCache
 
             cache = DynamicCache(config=self.model.config)
             out = self.model(
                 input_ids=ids,
-                attention_mask=torch.ones_like(ids),
+                attention_mask=mask,
+                position_ids=(mask.cumsum(1) - 1).clamp(min=0),
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
         except BaseException as exc:
-            self._fail([row], exc)
+            self._fail(rows, exc)
             return None
-        seen = torch.zeros((1, out.logits.shape[-1]), dtype=torch.bool, device=device)
-        seen[0, ids[0]] = True
-        cohort = _Cohort([row], out.past_key_values, torch.ones_like(ids), seen, ids[:, -1])
+        if not bool(mask.all()):
+            # What padding left in the cache is masked from every later step; zeroed, it
+            # cannot turn into NaN there whatever the attention kernel does with it.
+            hidden = ~mask.bool()[:, None, :, None]
+            for layer in out.past_key_values.layers:
+                layer.keys.masked_fill_(hidden, 0)
+                layer.values.masked_fill_(hidden, 0)
+        seen = torch.zeros((len(rows), out.logits.shape[-1]), dtype=torch.bool, device=device)
+        real = mask.bool()
+        which = torch.arange(len(rows), device=device).unsqueeze(1).expand_as(ids)
+        seen[which[real], ids[real]] = True
+        cohort = _Cohort(rows, out.past_key_values, mask, seen, ids[:, -1])
         self._sample(cohort, out.logits[:, -1, :])
         return cohort if cohort.rows else None
 

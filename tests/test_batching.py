@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from inference import TINY_MODELS, Inference, Registry, SamplingOptions
-from inference.batching import Batcher, Request
+from inference.batching import Batcher, Request, _groups
 from inference.local import TransformersBackend
 from inference.progress import Finished, Queued, Trimmed
 from inference.prompts import Prompt, conversation, prepare
@@ -64,18 +64,26 @@ def alone(loaded, prompt: Prompt, options: SamplingOptions) -> str:
     return reply.text
 
 
+@pytest.mark.parametrize("arrival", ["one by one", "together"])
 @pytest.mark.parametrize("model_id", [s.id for s in TINY_MODELS])
-def test_greedy_replies_are_the_same_batched_and_alone(backend: TransformersBackend, model_id: str) -> None:
-    """fp32, prompts of different lengths joining a running batch at different steps (left padding)."""
+def test_greedy_replies_are_the_same_batched_and_alone(
+    backend: TransformersBackend, model_id: str, arrival: str
+) -> None:
+    """fp32, prompts of different lengths: joining a running batch at different steps, or arriving
+    together and prefilled together (left padding in both)."""
     loaded, ps = prompts(backend, model_id, 40)
     options = SamplingOptions(temperature=0, repetition_penalty=1.05, max_new_tokens=40)
     expected = [alone(loaded, p, options) for p in ps]
-    batcher = Batcher(loaded.model, loaded.tokenizer, max_batch=8)
+    batcher = Batcher(loaded.model, loaded.tokenizer, max_batch=8, start=arrival == "one by one")
     replies = []
     for p in ps:
         replies.append(Reply(p, options))
         batcher.submit(replies[-1].request)
-        time.sleep(0.005)  # later ones join a batch already decoding
+        if arrival == "one by one":
+            time.sleep(0.005)  # later ones join a batch already decoding
+    if arrival == "together":
+        assert len(_groups([r.request for r in replies])) < len(replies)  # some really share a prefill
+        batcher.thread.start()
     assert [r.text for r in replies] == expected
     assert all(r.request.completion_tokens == 40 and r.request.finish_reason == "length" for r in replies)
     batcher.close()
