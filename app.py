@@ -12,5 +12,7 @@ settings = Settings()
 demo = create_app(settings)
 
 if __name__ == "__main__":
-    # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by launch() itself.
-    demo.queue(default_concurrency_limit=1).launch(**launch_options(settings))
+    # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by launch() itself. The queue's defaults
+    # (one run at a time for events that set no limit) are the ones wanted: calling queue() again
+    # would only rebuild the server app, a fifth of a second of every start.
+    demo.launch(**launch_options(settings))

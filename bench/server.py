@@ -80,14 +80,18 @@ ONE_ADDRESS_LIMITS = {
 def app(data_dir: Path, model_paths: dict[str, str] | None = None, extra: dict[str, str] | None = None) -> Server:
     """``python app.py`` with tiny models, offline, on a free port; ``extra`` adds or overrides settings."""
     port = free_port()
-    env = ONE_ADDRESS_LIMITS | {
-        "GRADIO_SERVER_PORT": str(port),
-        "LLMJP_DATA_DIR": str(data_dir),
-        "LLMJP_MODELS": "tiny",
-        "LLMJP_MODEL_PATHS": json.dumps(model_paths or {}),
-        "HF_HUB_OFFLINE": "1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-    } | (extra or {})
+    env = (
+        ONE_ADDRESS_LIMITS
+        | {
+            "GRADIO_SERVER_PORT": str(port),
+            "LLMJP_DATA_DIR": str(data_dir),
+            "LLMJP_MODELS": "tiny",
+            "LLMJP_MODEL_PATHS": json.dumps(model_paths or {}),
+            "HF_HUB_OFFLINE": "1",
+            "GRADIO_ANALYTICS_ENABLED": "False",
+        }
+        | (extra or {})
+    )
     return start([sys.executable, "app.py"], env, port)
 
 
