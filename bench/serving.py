@@ -103,6 +103,8 @@ def concurrency_rows(data_dir: Path, runs: int) -> list[Row]:
                     firsts[batch].setdefault(n, []).extend(first)
             if batch == 8:
                 reply_s = TOKENS / statistics.median(measured[8][1])
+                # The baseline of the first-update rows: one visitor at a time, more often than a crowd.
+                firsts[8][1] += [visit(app.url, receipts[0], "tiny-llama", TOKENS)[0] for _ in range(5)]
                 for _ in range(runs):
                     steady.extend(chatting(app.url, receipts, 8, reply_s))
         finally:
