@@ -163,28 +163,15 @@ class _Request:
     profile: gr.OAuthProfile | None
 
 
-_SKIP5 = (gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+_SKIP = (gr.skip(), gr.skip(), gr.skip())
 # The last update of a reply. Gradio sends a generator's final value once more when the event
 # completes, and that message can arrive after the visitor's next reply has begun: so the final
-# value changes nothing, and Send/Stop are never set back by a reply that has already ended.
-_SETTLED = _SKIP5
-
-
-def _buttons(running: bool) -> tuple[Any, Any]:
-    # Labels go with every update: an update without them would pin them to the current language.
-    return gr.Button(t("send"), visible=not running), gr.Button(t("stop"), visible=running)
-
-
-def _running() -> tuple[Any, Any]:
-    return _buttons(True)
-
-
-def _idle() -> tuple[Any, Any]:
-    return _buttons(False)
+# value changes nothing, and the next reply's conversation is never set back.
+_SETTLED = _SKIP
 
 
 class ChatPage:
-    """The chat tab's handlers. Outputs of the reply handlers: chatbot, message box, records, Send, Stop."""
+    """The chat tab's handlers. Outputs of the reply handlers: chatbot, message box, records."""
 
     def __init__(self, handlers: Handlers, sessions: sessionmaker[Session]) -> None:
         self.handlers = handlers
@@ -203,7 +190,7 @@ class ChatPage:
         key = self._key(r.request)
         if key in self._stops:
             gr.Info(say(r.lang, "busy"), title=say(r.lang, "notice_title"))
-            yield _SKIP5
+            yield _SKIP
             return
         shown = _plain(shown)
         # Claimed before the checks, so a second Enter cannot slip in while they run.
@@ -218,7 +205,7 @@ class ChatPage:
             await stream.aclose()
             if isinstance(exc, AppError):
                 gr.Warning(pick(r.lang, exc.ja, exc.en), title=say(r.lang, "notice_title"))
-            yield _SKIP5
+            yield _SKIP
             return
         except BaseException:
             self._release(key, stopped)
@@ -244,7 +231,7 @@ class ChatPage:
             return {"role": "assistant", "content": body, "metadata": meta}
 
         generating = say(r.lang, "generating")
-        yield [*shown, user, note(generating, "", pending=True, log_line=spec.label)], "", gr.skip(), *_running()
+        yield [*shown, user, note(generating, "", pending=True, log_line=spec.label)], "", gr.skip()
         reply, finished, dropped, was_stopped = "", None, 0, False
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -261,13 +248,7 @@ class ChatPage:
                     if isinstance(item, str):
                         reply += item
                         pending = note(generating, "", pending=True, log_line=spec.label)
-                        yield (
-                            [*shown, user, pending, {"role": "assistant", "content": reply}],
-                            gr.skip(),
-                            gr.skip(),
-                            gr.skip(),
-                            gr.skip(),
-                        )
+                        yield [*shown, user, pending, {"role": "assistant", "content": reply}], gr.skip(), gr.skip()
                     elif isinstance(item, Finished):
                         finished = item
                     else:
@@ -276,16 +257,16 @@ class ChatPage:
                             gr.Info(trimmed_text(r.lang, dropped), title=say(r.lang, "notice_title"))
                         pending = note(generating, "", pending=True, log_line=status_text(r.lang, item))
                         parts = [{"role": "assistant", "content": reply}] if reply else []
-                        yield [*shown, user, pending, *parts], gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                        yield [*shown, user, pending, *parts], gr.skip(), gr.skip()
         except AppError as exc:
             gr.Warning(pick(r.lang, exc.ja, exc.en), title=say(r.lang, "notice_title"))
-            yield shown, draft, gr.skip(), *_idle()
+            yield shown, draft, gr.skip()
             yield _SETTLED
             return
         except Exception:
             log.exception("reply failed")
             gr.Warning(say(r.lang, "error_title"), title=say(r.lang, "notice_title"))
-            yield shown, draft, gr.skip(), *_idle()
+            yield shown, draft, gr.skip()
             yield _SETTLED
             return
         finally:
@@ -314,13 +295,8 @@ class ChatPage:
         if outcome.cut:
             answer["options"] = [{"label": say(r.lang, "continue"), "value": CONTINUE}]
         done = note(note_title(r.lang, outcome), note_body(r.lang, record), pending=False, seconds=seconds)
-        yield [*shown, user, done, answer], gr.skip(), replies, *_idle()
+        yield [*shown, user, done, answer], gr.skip(), replies
         yield _SETTLED
-
-    @staticmethod
-    def idle_buttons() -> tuple[Any, Any]:
-        """Send shown, Stop hidden."""
-        return _idle()
 
     def _release(self, key: str, stopped: asyncio.Event) -> None:
         # Only this reply's own claim: a late cleanup must never drop the next reply's stop event.
@@ -379,7 +355,7 @@ class ChatPage:
         r = self._request(model_id, sampling, replies, lang, receipt, request, profile)
         u = last_user(messages or [])
         if u is None:
-            yield _SKIP5
+            yield _SKIP
             return
         async for out in self._reply(messages[:u], text_of(messages[u]["content"]), gr.skip(), r):
             yield out
@@ -406,7 +382,7 @@ class ChatPage:
         r = self._request(model_id, sampling, replies, lang, receipt, request, profile)
         index = data.index if isinstance(data.index, int) else None
         if index is None or not (0 <= index < len(messages or [])) or messages[index].get("role") != "user":
-            yield _SKIP5
+            yield _SKIP
             return
         async for out in self._reply(messages[:index], text_of(data.value), gr.skip(), r):
             yield out
@@ -432,7 +408,7 @@ class ChatPage:
         sampling = _sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
         r = self._request(model_id, sampling, replies, lang, receipt, request, profile)
         if data.value != CONTINUE:
-            yield _SKIP5
+            yield _SKIP
             return
         async for out in self._reply(messages or [], say(lang, "continue_prompt"), gr.skip(), r):
             yield out

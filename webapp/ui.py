@@ -31,6 +31,12 @@ CSS = """
 .field-error .info { color: var(--error-text-color) !important; font-weight: 600; }
 .field-error input, .field-error textarea { border-color: var(--error-border-color) !important; }
 .chat-buttons { flex-wrap: nowrap !important; gap: 0.5em; }
+/* Send becomes Stop exactly while the conversation shows a pending reply (Gradio draws a spinner in its
+   note). Set by the reply's own updates instead, the buttons went wrong when two replies' updates
+   overlapped: Gradio's client applies a generator's diffs in place, so an update still waiting to be
+   drawn can be emptied by the next one, and a reply could start with Send shown and no Stop. */
+body:has(#chatbot .loading-spinner) #send, body:not(:has(#chatbot .loading-spinner)) #stop {
+  display: none !important; }
 .chat-buttons > * { flex: 1 1 0 !important; min-width: 0 !important; }
 #page-header { align-items: center; }
 #page-header h1 { margin: 0; }

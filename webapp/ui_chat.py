@@ -85,7 +85,8 @@ def render(registry: Registry) -> ChatView:
     )
     with gr.Row(elem_classes=["chat-buttons"]):
         send = gr.Button(t("send"), variant="primary", min_width=0, elem_id="send")
-        stop = gr.Button(t("stop"), variant="stop", visible=False, min_width=0, elem_id="stop")
+        # Which of the two shows is decided in the browser, from the conversation (see ui.CSS).
+        stop = gr.Button(t("stop"), variant="stop", min_width=0, elem_id="stop")
         new_chat = gr.Button(t("new_chat"), min_width=0, elem_id="new-chat")
     with gr.Group(visible=False) as feedback_group:
         target = gr.Markdown("")
@@ -119,7 +120,9 @@ def wire(chat: ChatView, page: ChatPage, *, lang: gr.Component, receipt: gr.Comp
     """The chat's events; returns the model change event, for the page to chain its state onto."""
     private: dict[str, Any] = {"api_visibility": "private"}
     tail = [chat.model, *chat.sliders, chat.seed, chat.replies, lang, receipt]
-    outputs = [chat.chatbot, chat.message, chat.replies, chat.send, chat.stop]
+    # Send and Stop are no outputs: they follow the pending note in the conversation (ui.CSS), so no
+    # order in which two replies' updates arrive can leave a running reply without its Stop button.
+    outputs = [chat.chatbot, chat.message, chat.replies]
     # Fairness, the queue's bound and the "busy" message belong to the model
     # lanes (inference.lanes): Gradio lets every reply in at once and they
     # wait there, their position shown in the pending reply.
@@ -144,8 +147,7 @@ def wire(chat: ChatView, page: ChatPage, *, lang: gr.Component, receipt: gr.Comp
     ]
     downloads = [chat.export_json, chat.export_md]
     for i, event in enumerate(replies):
-        # The downloads hold the conversation as it now is. (Send and Stop are set by the reply's own
-        # last update: a later step here could land after the next reply has begun.)
+        # The downloads hold the conversation as it now is.
         event.then(
             user_errors(page.export),
             [chat.chatbot, chat.replies],
