@@ -58,10 +58,7 @@ def page(browser, app: RunningApp):
     context = browser.new_context(locale="ja-JP", viewport={"width": 1280, "height": 1000}, accept_downloads=True)
     visitor = context.new_page()
     visitor.goto(app.url, wait_until="load")
-    accept(visitor)
-    # The page settles its language just after loading, re-rendering the controls; a box typed into
-    # before that loses its text, so a visitor's first keystrokes wait for it, as a person's do.
-    visitor.wait_for_timeout(1500)
+    accept(visitor)  # and type at once: nothing typed may be lost as the chat opens
     yield visitor
     context.close()
 
@@ -212,11 +209,14 @@ def test_retry_undo_edit_new_chat_and_examples(page) -> None:
 def test_each_reply_names_its_model_and_export_downloads_it(page, app: RunningApp) -> None:
     from playwright.sync_api import expect
 
+    toggle_sampling(page)
+    page.locator("#seed").get_by_role("textbox").fill("1234")  # at once, as the panel opens
+    toggle_sampling(page)
     ask(page, "自己紹介してください")
     note = page.locator('#chatbot [data-testid="bot"]').filter(has_text="tiny-llama").last
     expect(note).to_be_visible()
     note.get_by_text("tiny-llama").first.click()  # open the quiet note: the settings behind the reply
-    expect(note).to_contain_text("seed:")
+    expect(note).to_contain_text("seed: 1234")
 
     page.locator("#export").get_by_text("会話を書き出す", exact=True).click()
     with page.expect_download() as info:
@@ -226,7 +226,7 @@ def test_each_reply_names_its_model_and_export_downloads_it(page, app: RunningAp
     assert data["messages"][0] == {"role": "user", "content": "自己紹介してください"}
     assert reply["role"] == "assistant" and reply["content"]
     assert reply["model_id"] == "tiny-llama"
-    assert "seed" in reply["sampling"]  # the seed is part of what the export names (none was set here)
+    assert reply["sampling"]["seed"] == 1234
     assert set(reply["sampling"]) >= {"temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens"}
     terms = Terms.load()
     assert data["terms"] == {"id": terms.id, "sha256": terms.sha256}

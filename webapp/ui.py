@@ -185,6 +185,15 @@ def build(
         demo.load(None, None, lang, js="() => (window.llmjpInit ? window.llmjpInit() : 'ja')", **private)
         lang.input(None, lang, lang, js="(l) => window.llmjpSetLang(l)", **private)
         demo.load(user_errors(page_state), state_inputs, state_outputs, api_name="page_load", **private)
+        # Gradio mounts what sits in an unselected tab or a closed accordion only when it is first shown,
+        # and a frame later sends it the values it was built with once more: what was typed into a box in
+        # that frame was lost (the message box as the chat opens, the seed as its panel opens). A box
+        # shown by an update is no longer mounted that way, so every box a visitor types into is shown
+        # once at load, in the browser.
+        typed = [chat.model, chat.message, *chat.sliders, chat.seed, chat.feedback_comment, chat.feedback_share]
+        typed.append(token_box)
+        shown = "{__type__: 'update', visible: true}"
+        demo.load(None, None, typed, js=f"() => Array({len(typed)}).fill({shown})", **private)
 
         # Terms: the page's form shows its errors beside the fields; /accept_terms is the API.
         form.accept.click(
