@@ -127,23 +127,21 @@ def wire(chat: ChatView, page: ChatPage, *, lang: gr.Component, receipt: gr.Comp
     # lanes (inference.lanes): Gradio lets every reply in at once and they
     # wait there, their position shown in the pending reply.
     streaming: dict[str, Any] = {"concurrency_limit": None, "show_progress": "hidden", **private}
+    # Every way into a reply reads the same inputs (the box, the conversation, the settings).
+    inputs = [chat.message, chat.chatbot, *tail]
     replies = [
         gr.on(
             [chat.send.click, chat.message.submit],
             user_errors(page.send),
-            [chat.message, chat.chatbot, *tail],
+            inputs,
             outputs,
             api_name="page_chat",
             **streaming,
         ),
-        chat.chatbot.retry(user_errors(page.retry), [chat.chatbot, *tail], outputs, api_name="page_retry", **streaming),
-        chat.chatbot.edit(user_errors(page.edit), [chat.chatbot, *tail], outputs, api_name="page_edit", **streaming),
-        chat.chatbot.option_select(
-            user_errors(page.option), [chat.chatbot, *tail], outputs, api_name="page_continue", **streaming
-        ),
-        chat.chatbot.example_select(
-            user_errors(page.example), [chat.chatbot, *tail], outputs, api_name="page_example", **streaming
-        ),
+        chat.chatbot.retry(user_errors(page.retry), inputs, outputs, api_name="page_retry", **streaming),
+        chat.chatbot.edit(user_errors(page.edit), inputs, outputs, api_name="page_edit", **streaming),
+        chat.chatbot.option_select(user_errors(page.option), inputs, outputs, api_name="page_continue", **streaming),
+        chat.chatbot.example_select(user_errors(page.example), inputs, outputs, api_name="page_example", **streaming),
     ]
     downloads = [chat.export_json, chat.export_md]
     for i, event in enumerate(replies):
