@@ -221,17 +221,21 @@ def test_each_reply_names_its_model_and_export_downloads_it(page, app: RunningAp
     page.locator("#export").get_by_text("会話を書き出す", exact=True).click()
     with page.expect_download() as info:
         page.locator("#export-json").click()
+    # The file comes inside the page: the server keeps no copy of anyone's conversation.
+    assert info.value.url.startswith("data:application/json") and info.value.suggested_filename.endswith(".json")
     data = json.loads(Path(info.value.path()).read_text(encoding="utf-8"))
     reply = data["messages"][-1]
     assert data["messages"][0] == {"role": "user", "content": "自己紹介してください"}
     assert reply["role"] == "assistant" and reply["content"]
-    assert reply["model_id"] == "tiny-llama"
+    assert reply["model_id"] == "tiny-llama" and "revision" in reply  # a local tiny model has no hub revision
     assert reply["sampling"]["seed"] == 1234
+    assert reply["started_at"] and reply["seconds"] > 0 and data["exported_at"]
     assert set(reply["sampling"]) >= {"temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens"}
     terms = Terms.load()
     assert data["terms"] == {"id": terms.id, "sha256": terms.sha256}
     with page.expect_download() as info:
         page.locator("#export-md").click()
+    assert info.value.url.startswith("data:text/markdown") and info.value.suggested_filename.endswith(".md")
     markdown = Path(info.value.path()).read_text(encoding="utf-8")
     assert "自己紹介してください" in markdown and "tiny-llama" in markdown
 

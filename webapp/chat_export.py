@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import html
+import json
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from webapp.chat_messages import Messages, note_id, text_of
+from webapp.chat_messages import Messages, note_id, text_of, to_history
+from webapp.downloads import download_link
+from webapp.i18n import say
+
+
+def export_links(messages: Messages, replies: dict[str, Any], terms: Any, lang: str | None) -> str:
+    """The two downloads of the conversation as it now is, labelled in the page's language."""
+    if not to_history(messages):
+        return f"<p>{html.escape(say(lang, 'nothing_to_export'))}</p>"
+    data = conversation_json(messages, replies, terms)
+    stem = f"llmjp-chat-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    as_json = json.dumps(data, ensure_ascii=False, indent=2)
+    links = [
+        download_link(as_json, f"{stem}.json", "application/json", say(lang, "export_json"), elem_id="export-json"),
+        download_link(
+            conversation_markdown(data), f"{stem}.md", "text/markdown", say(lang, "export_md"), elem_id="export-md"
+        ),
+    ]
+    return f'<p class="export-links">{" ".join(links)}</p>'
 
 
 def conversation_json(messages: Messages, replies: dict[str, Any], terms: Any) -> dict[str, Any]:

@@ -6,11 +6,6 @@ messages mean); replies stream through ``chat_reply``.
 
 from __future__ import annotations
 
-import json
-import tempfile
-import uuid
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -18,10 +13,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import feedback
 from webapp import chat_reply
-from webapp.chat_export import conversation_json, conversation_markdown
+from webapp.chat_export import export_links
 from webapp.chat_messages import Messages, last_user, plain, reply_id, text_of, to_history
 from webapp.handlers import Handlers, licence_markdown
-from webapp.i18n import say, t
+from webapp.i18n import say
 from webapp.models_info import chat_defaults
 
 
@@ -33,7 +28,6 @@ class ChatPage:
         self.sessions = sessions
         self.registry = handlers.inference.registry
         self.streams = chat_reply.ReplyStreams(handlers)
-        self._exports = Path(tempfile.mkdtemp(prefix="llmjp-conversations-"))
         # The five ways into a reply differ only in what they answer; their inputs are the same.
         self.send = self.streams.entry(chat_reply.typed)
         self.retry = self.streams.entry(chat_reply.again, gr.RetryData)
@@ -112,22 +106,6 @@ class ChatPage:
 
     # -- export --------------------------------------------------------------------
 
-    def export(self, messages: Messages, replies: dict[str, Any]) -> tuple[Any, Any]:
-        """The conversation as JSON and Markdown files, for the two download buttons."""
-        if not to_history(messages or []):
-            return (
-                gr.DownloadButton(t("export_json"), value=None, interactive=False),
-                gr.DownloadButton(t("export_md"), value=None, interactive=False),
-            )
-        data = conversation_json(messages, replies or {}, self.handlers.gate.terms)
-        stem = f"llmjp-chat-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-        folder = self._exports / uuid.uuid4().hex
-        folder.mkdir()
-        as_json = folder / f"{stem}.json"
-        as_json.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
-        as_md = folder / f"{stem}.md"
-        as_md.write_text(conversation_markdown(data), encoding="utf-8")
-        return (
-            gr.DownloadButton(t("export_json"), value=str(as_json), interactive=True),
-            gr.DownloadButton(t("export_md"), value=str(as_md), interactive=True),
-        )
+    def export(self, messages: Messages, replies: dict[str, Any], lang: str | None) -> str:
+        """The conversation as JSON and Markdown downloads, carried in the page itself."""
+        return export_links(messages or [], replies or {}, self.handlers.gate.terms, lang)
