@@ -11,7 +11,8 @@ from sqlalchemy.exc import IntegrityError
 from db import feedback
 from db.engine import make_engine, session_factory, upgrade
 from inference.progress import Finished, Queued, Trimmed
-from webapp.chat_page import Outcome, conversation_json, conversation_markdown, note_title, status_text, to_history
+from webapp.chat_export import conversation_json, conversation_markdown
+from webapp.chat_messages import Outcome, note_title, status_text, to_history
 from webapp.terms import Terms
 from webapp.ui_terms import field_errors
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-import html
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +21,7 @@ from db import audit, export
 from db.engine import DatabaseUnavailable, checkpoint
 from db.models import Event, EventKind
 from inference import InvalidInput
+from webapp.downloads import download_link
 from webapp.errors import AuditUnavailable, NotAdmin
 from webapp.identity import IDENTITY
 
@@ -199,13 +198,6 @@ class Admin:
                 count = audit.erase(session, identity=identity.strip(), by=self.who(profile, admin_token))
             checkpoint(self.sessions.kw["bind"])
         return f"{count} 件の連絡先を消去しました。 / Erased {count} contact record(s)."
-
-
-def download_link(text: str, filename: str, mime: str) -> str:
-    """HTML for a link that downloads ``text`` as ``filename``, with the content inside the link itself."""
-    data = base64.b64encode(text.encode("utf-8")).decode("ascii")
-    label = f"{html.escape(filename)} をダウンロード / Download {html.escape(filename)}"
-    return f'<a download="{html.escape(filename)}" href="data:{mime};charset=utf-8;base64,{data}">{label}</a>'
 
 
 def _report_options(fmt: object, since: object) -> datetime | None:

@@ -9,7 +9,8 @@ import pandas as pd
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import feedback
-from webapp.admin import Admin, download_link
+from webapp.admin import Admin
+from webapp.downloads import download_link
 
 
 class Ratings:

@@ -31,6 +31,12 @@ CSS = """
 .field-error .info { color: var(--error-text-color) !important; font-weight: 600; }
 .field-error input, .field-error textarea { border-color: var(--error-border-color) !important; }
 .chat-buttons { flex-wrap: nowrap !important; gap: 0.5em; }
+/* Send becomes Stop exactly while the conversation shows a pending reply (Gradio draws a spinner in its
+   note). Set by the reply's own updates instead, the buttons went wrong when two replies' updates
+   overlapped: Gradio's client applies a generator's diffs in place, so an update still waiting to be
+   drawn can be emptied by the next one, and a reply could start with Send shown and no Stop. */
+body:has(#chatbot .loading-spinner) #send, body:not(:has(#chatbot .loading-spinner)) #stop {
+  display: none !important; }
 .chat-buttons > * { flex: 1 1 0 !important; min-width: 0 !important; }
 #page-header { align-items: center; }
 #page-header h1 { margin: 0; }
@@ -179,6 +185,15 @@ def build(
         demo.load(None, None, lang, js="() => (window.llmjpInit ? window.llmjpInit() : 'ja')", **private)
         lang.input(None, lang, lang, js="(l) => window.llmjpSetLang(l)", **private)
         demo.load(user_errors(page_state), state_inputs, state_outputs, api_name="page_load", **private)
+        # Gradio mounts what sits in an unselected tab or a closed accordion only when it is first shown,
+        # and a frame later sends it the values it was built with once more: what was typed into a box in
+        # that frame was lost (the message box as the chat opens, the seed as its panel opens). A box
+        # shown by an update is no longer mounted that way, so every box a visitor types into is shown
+        # once at load, in the browser.
+        typed = [chat.model, chat.message, *chat.sliders, chat.seed, chat.feedback_comment, chat.feedback_share]
+        typed.append(token_box)
+        shown = "{__type__: 'update', visible: true}"
+        demo.load(None, None, typed, js=f"() => Array({len(typed)}).fill({shown})", **private)
 
         # Terms: the page's form shows its errors beside the fields; /accept_terms is the API.
         form.accept.click(

@@ -36,8 +36,7 @@ class ChatView:
     sliders: list[Any]
     seed: gr.Textbox
     card_line: gr.Markdown
-    export_json: gr.DownloadButton
-    export_md: gr.DownloadButton
+    export_links: gr.HTML
     feedback: gr.Group
     feedback_target: gr.Markdown
     feedback_comment: gr.Textbox
@@ -85,7 +84,8 @@ def render(registry: Registry) -> ChatView:
     )
     with gr.Row(elem_classes=["chat-buttons"]):
         send = gr.Button(t("send"), variant="primary", min_width=0, elem_id="send")
-        stop = gr.Button(t("stop"), variant="stop", visible=False, min_width=0, elem_id="stop")
+        # Which of the two shows is decided in the browser, from the conversation (see ui.CSS).
+        stop = gr.Button(t("stop"), variant="stop", min_width=0, elem_id="stop")
         new_chat = gr.Button(t("new_chat"), min_width=0, elem_id="new-chat")
     with gr.Group(visible=False) as feedback_group:
         target = gr.Markdown("")
@@ -105,12 +105,11 @@ def render(registry: Registry) -> ChatView:
         card_line = gr.Markdown(f"{say('ja', 'card_value')}: max_new_tokens = {default.sampling.max_new_tokens}")
         # A text box, so that empty means "no seed" (a number box shows 0).
         seed = gr.Textbox(label=t("seed"), info=t("seed_info"), value="", max_lines=1, elem_id="seed")
-    with gr.Accordion(t("export"), open=False, elem_id="export"), gr.Row():
-        export_json = gr.DownloadButton(t("export_json"), interactive=False, size="sm", elem_id="export-json")
-        export_md = gr.DownloadButton(t("export_md"), interactive=False, size="sm", elem_id="export-md")
+    with gr.Accordion(t("export"), open=False, elem_id="export"):
+        export_links = gr.HTML(f"<p>{say('ja', 'nothing_to_export')}</p>", elem_id="export-links")
     return ChatView(
         model, licence, acknowledge, chatbot, message, send, stop, new_chat, sliders, seed, card_line,
-        export_json, export_md, feedback_group, target, comment, share, feedback_send,
+        export_links, feedback_group, target, comment, share, feedback_send,
         gr.State({}), gr.State(None),
     )  # fmt: skip
 
@@ -119,50 +118,44 @@ def wire(chat: ChatView, page: ChatPage, *, lang: gr.Component, receipt: gr.Comp
     """The chat's events; returns the model change event, for the page to chain its state onto."""
     private: dict[str, Any] = {"api_visibility": "private"}
     tail = [chat.model, *chat.sliders, chat.seed, chat.replies, lang, receipt]
-    outputs = [chat.chatbot, chat.message, chat.replies, chat.send, chat.stop]
+    # Send and Stop are no outputs: they follow the pending note in the conversation (ui.CSS), so no
+    # order in which two replies' updates arrive can leave a running reply without its Stop button.
+    outputs = [chat.chatbot, chat.message, chat.replies]
     # Fairness, the queue's bound and the "busy" message belong to the model
     # lanes (inference.lanes): Gradio lets every reply in at once and they
     # wait there, their position shown in the pending reply.
     streaming: dict[str, Any] = {"concurrency_limit": None, "show_progress": "hidden", **private}
+    # Every way into a reply reads the same inputs (the box, the conversation, the settings).
+    inputs = [chat.message, chat.chatbot, *tail]
     replies = [
         gr.on(
             [chat.send.click, chat.message.submit],
             user_errors(page.send),
-            [chat.message, chat.chatbot, *tail],
+            inputs,
             outputs,
             api_name="page_chat",
             **streaming,
         ),
-        chat.chatbot.retry(user_errors(page.retry), [chat.chatbot, *tail], outputs, api_name="page_retry", **streaming),
-        chat.chatbot.edit(user_errors(page.edit), [chat.chatbot, *tail], outputs, api_name="page_edit", **streaming),
-        chat.chatbot.option_select(
-            user_errors(page.option), [chat.chatbot, *tail], outputs, api_name="page_continue", **streaming
-        ),
-        chat.chatbot.example_select(
-            user_errors(page.example), [chat.chatbot, *tail], outputs, api_name="page_example", **streaming
-        ),
+        chat.chatbot.retry(user_errors(page.retry), inputs, outputs, api_name="page_retry", **streaming),
+        chat.chatbot.edit(user_errors(page.edit), inputs, outputs, api_name="page_edit", **streaming),
+        chat.chatbot.option_select(user_errors(page.option), inputs, outputs, api_name="page_continue", **streaming),
+        chat.chatbot.example_select(user_errors(page.example), inputs, outputs, api_name="page_example", **streaming),
     ]
-    downloads = [chat.export_json, chat.export_md]
+    # The export holds the conversation as it now is, in the page's language.
+    export = (user_errors(page.export), [chat.chatbot, chat.replies, lang], chat.export_links)
     for i, event in enumerate(replies):
-        # The downloads hold the conversation as it now is. (Send and Stop are set by the reply's own
-        # last update: a later step here could land after the next reply has begun.)
-        event.then(
-            user_errors(page.export),
-            [chat.chatbot, chat.replies],
-            downloads,
-            api_name=f"page_reply_done_{i}",
-            **private,
-        )
+        event.then(*export, api_name=f"page_reply_done_{i}", **private)
     # Stop never waits in the queue behind other events: it only sets this visitor's stop flag.
     chat.stop.click(page.stop, None, None, api_name="page_stop", concurrency_limit=None, **private)
     chat.chatbot.undo(
         user_errors(page.undo), chat.chatbot, [chat.chatbot, chat.message], api_name="page_undo", **private
-    ).then(user_errors(page.export), [chat.chatbot, chat.replies], downloads, api_name="page_undo_done", **private)
+    ).then(*export, api_name="page_undo_done", **private)
     cleared = [chat.chatbot, chat.message, chat.replies, chat.pending_rating]
     for trigger, name in ((chat.new_chat.click, "page_new_chat"), (chat.chatbot.clear, "page_clear")):
         trigger(user_errors(page.new_chat), None, cleared, api_name=name, **private).then(
-            user_errors(page.export), [chat.chatbot, chat.replies], downloads, api_name=f"{name}_done", **private
+            *export, api_name=f"{name}_done", **private
         )
+    lang.change(*export, api_name="page_lang_export", **private)
     chat.chatbot.like(
         user_errors(page.rate),
         [chat.chatbot, chat.replies, lang],

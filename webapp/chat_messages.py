@@ -1,0 +1,142 @@
+"""What the chatbot's messages mean: turns of the conversation, and the quiet notes between them.
+
+Each reply is preceded by a note (a collapsed Gradio "thought" message) that
+names the model and shows tokens, speed and time; while the reply is pending
+the same note shows 「生成中…」, the queue position and load progress. Notes
+never reach the model. What the export and the ratings need about each reply
+is kept in a per-session record keyed by the note's id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from inference.progress import Downloading, Loading, Queued, Trimmed
+from webapp.i18n import pick, say
+
+Messages = list[dict[str, Any]]
+
+
+def text_of(content: Any) -> str:
+    """A chat message's text, whether Gradio gives a string or a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    if isinstance(content, dict):
+        return str(content.get("text", ""))
+    return ""
+
+
+def note_id(message: dict[str, Any]) -> str | None:
+    """The reply id of a note message, or None for a turn of the conversation."""
+    meta = message.get("metadata") or {}
+    return str(meta["id"]) if meta.get("title") and meta.get("id") is not None else None
+
+
+def is_note(message: dict[str, Any]) -> bool:
+    return bool((message.get("metadata") or {}).get("title"))
+
+
+def to_history(messages: Messages) -> list[dict[str, str]]:
+    """The conversation as the model sees it: no notes, no empty turns."""
+    turns = []
+    for m in messages:
+        text = text_of(m.get("content"))
+        if not is_note(m) and m.get("role") in ("user", "assistant") and text.strip():
+            turns.append({"role": m["role"], "content": text})
+    return turns
+
+
+def last_user(messages: Messages) -> int | None:
+    """Index of the last user turn."""
+    return next((i for i in range(len(messages) - 1, -1, -1) if messages[i].get("role") == "user"), None)
+
+
+def plain(messages: Messages) -> Messages:
+    """Messages as given back to the chatbot, without stale action buttons."""
+    return [{k: v for k, v in m.items() if k in ("role", "content", "metadata")} for m in messages]
+
+
+def reply_id(messages: Messages, index: int) -> str | None:
+    """The id of the note belonging to the reply at ``index`` (the note just before it, or the note itself)."""
+    for i in range(min(index, len(messages) - 1), -1, -1):
+        if rid := note_id(messages[i]):
+            return rid
+        if messages[i].get("role") == "user":
+            return None
+    return None
+
+
+def note(rid: str, title: str, body: str, *, pending: bool, log_line: str = "", seconds: float | None = None) -> dict:
+    """The note before reply ``rid``: pending (Gradio draws a spinner) or done."""
+    meta: dict[str, Any] = {"title": title, "id": rid, "status": "pending" if pending else "done"}
+    if log_line:
+        meta["log"] = log_line
+    if seconds is not None:
+        meta["duration"] = round(seconds, 2)
+    return {"role": "assistant", "content": body, "metadata": meta}
+
+
+def status_text(lang: str | None, item: object) -> str:
+    """A waiting status, in the page's language."""
+    if isinstance(item, Queued):
+        return pick(lang, f"順番待ち: {item.position} 番目です。", f"In the queue: position {item.position}.")
+    if isinstance(item, Downloading):
+        sizes = f"{item.done / 1e9:.1f} / {item.total / 1e9:.1f} GB"
+        return pick(lang, f"モデルをダウンロードしています({sizes})", f"Downloading the model ({sizes})")
+    if isinstance(item, Loading):
+        share = f"{item.fraction:.0%}" if item.fraction is not None else "…"
+        return pick(lang, f"モデルを読み込んでいます({share})", f"Loading the model ({share})")
+    if isinstance(item, Trimmed):
+        return trimmed_text(lang, item.dropped_turns)
+    describe = getattr(item, "describe", None)
+    return describe() if describe else ""
+
+
+def trimmed_text(lang: str | None, dropped: int) -> str:
+    return pick(
+        lang,
+        f"会話がモデルの文脈長を超えたため、古い発言 {dropped} 件を省いて返答しました。",
+        f"The conversation outgrew the model's context: the oldest {dropped} turns were left out of this reply.",
+    )
+
+
+@dataclass
+class Outcome:
+    """How one reply ended, as shown in its note."""
+
+    label: str
+    seconds: float
+    tokens: int = 0
+    stopped: bool = False
+    cut: bool = False
+    dropped_turns: int = 0
+
+
+def note_title(lang: str | None, o: Outcome) -> str:
+    """The quiet line above a reply: model, tokens, speed; marked when stopped or cut."""
+    parts = [o.label]
+    if o.tokens > 0:
+        parts.append(f"{o.tokens} {say(lang, 'tokens')}")
+        if o.seconds > 0:
+            parts.append(f"{o.tokens / o.seconds:.1f} {say(lang, 'tok_s')}")
+    marks = [say(lang, "stopped")] if o.stopped else [say(lang, "cut")] if o.cut else []
+    return " · ".join(marks + parts)
+
+
+def note_body(lang: str | None, record: dict[str, Any]) -> str:
+    """What the note shows when opened: the exact settings behind the reply."""
+    s = record["sampling"]
+    seed = s.get("seed")
+    rows = [
+        f"model: `{record['model_id']}`" + (f" (revision `{record['revision']}`)" if record.get("revision") else ""),
+        "sampling: "
+        + ", ".join(f"{k}={s[k]}" for k in ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")),
+        f"seed: {seed if seed is not None else pick(lang, 'なし(ランダム)', 'none (random)')}",
+        f"{pick(lang, '開始', 'started')}: {record['started_at']} UTC",
+    ]
+    if record.get("dropped_turns"):
+        rows.append(trimmed_text(lang, record["dropped_turns"]))
+    return "\n\n".join(rows)
