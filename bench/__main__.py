@@ -185,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         sections = {
             "startup": lambda: startup_rows(data_dir, min(args.runs, 3)),
             "batching": lambda: batching.rows(models.llama_110m(data_dir / "llama-110m")),
-            "concurrency": lambda: serving.concurrency_rows(data_dir, 1),
+            "concurrency": lambda: serving.concurrency_rows(data_dir, min(args.runs, 3)),
             "models": lambda: serving.two_models_rows(data_dir) + serving.download_rows(data_dir),
-            "real": lambda: serving.real_shape_rows(data_dir, min(args.runs, 3)),
+            # Each run of the real shape is one pair (about 25 s): more pairs, a steadier ratio.
+            "real": lambda: serving.real_shape_rows(data_dir, min(args.runs, 7)),
         }
         for name, measure in sections.items():
             if name not in chosen:
