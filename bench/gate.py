@@ -34,7 +34,7 @@ def micro(data_dir: Path, checks: int = 2000, writes: int = 300) -> dict[str, tu
     sessions = session_factory(engine)
     secret = b"bench-secret-0123456789abcdef0123456789"
     gate = Gate(sessions, Terms.load(), Identities(Receipts(secret, max_age_days=90), secret))
-    caller = Caller("anon:bench", None, "bench", None)
+    caller = Caller("anon:bench", None, "bench", None, None)
     gate.accept(caller, FORM)
 
     def timed(fn, n: int) -> list[float]:
@@ -63,7 +63,9 @@ def micro(data_dir: Path, checks: int = 2000, writes: int = 300) -> dict[str, tu
     results = {
         "check": _ms(timed(lambda: gate.has_consent(caller), checks)),
         "check_baseline": _ms(timed(select_one, checks)),
-        "record": _ms(timed(lambda: gate.accept(Caller(f"anon:w{next(counter)}", None, "b", None), FORM), writes)),
+        "record": _ms(
+            timed(lambda: gate.accept(Caller(f"anon:w{next(counter)}", None, "b", None, None), FORM), writes)
+        ),
         "record_baseline": _ms(timed(plain_insert, writes)),
     }
     engine.dispose()
