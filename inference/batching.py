@@ -10,18 +10,20 @@ another's first token.
 
 Prefill is bound by arithmetic on a CPU, so eight prompts prefilled at once
 still cost far more than one; in one forward they cost about half of eight
-forwards one after the other (BENCHMARKS.md, rows 7), and
-every one of them gets its first token at the same moment instead of the
-last waiting for all the others.
+forwards one after the other (BENCHMARKS.md, rows 7), and every one of them
+gets its first token at the same moment instead of the last waiting for all
+the others.
 
-Why not transformers' own continuous batching (``init_continuous_batching``),
-even on CUDA where it is built to shine: its manager drops the repetition
-penalty (``RepetitionPenaltyLogitsProcessor.supports_continuous_batching`` is
-False in transformers 5), and every LLM-jp card samples with one (1.05 or
-1.1); it has no per-request seed, and sampling or greedy search is one
-setting for all its requests. Nearly every chat would fall back to a solo path, so the
+Why not transformers' own continuous batching
+(``init_continuous_batching``), even on CUDA where it is built to shine: its
+manager drops the repetition penalty
+(``RepetitionPenaltyLogitsProcessor.supports_continuous_batching`` is False
+in transformers 5), and every LLM-jp card samples with one (1.05 or 1.1); it
+has no per-request seed, and sampling or greedy search is one setting for
+all its requests. Nearly every chat would fall back to a solo path, so the
 batch would hold little. This loop honours all of them per row. On the CPUs
-measured here it also gave the most tokens per second (BENCHMARKS.md, row 6).
+measured here it also gave the most tokens per second (BENCHMARKS.md, row
+6).
 
 A seeded request runs as a batch of one beside the others (its own rows,
 stepped in turn): batch composition changes the floating-point sums slightly,
