@@ -21,9 +21,10 @@ manager drops the repetition penalty
 in transformers 5), and every LLM-jp card samples with one (1.05 or 1.1); it
 has no per-request seed, and sampling or greedy search is one setting for
 all its requests. Nearly every chat would fall back to a solo path, so the
-batch would hold little. This loop honours all of them per row. On the CPUs
-measured here it also gave the most tokens per second (BENCHMARKS.md, row
-6).
+batch would hold little. This loop honours all of them per row. On this CPU
+the manager was also no faster than one request at a time, while this loop
+came close to one static batch, which cannot take newcomers (BENCHMARKS.md,
+row 6).
 
 A seeded request runs as a batch of one beside the others (its own rows,
 stepped in turn): batch composition changes the floating-point sums slightly,
