@@ -146,7 +146,11 @@ def wire(chat: ChatView, page: ChatPage, *, lang: gr.Component, receipt: gr.Comp
     for i, event in enumerate(replies):
         event.then(*export, api_name=f"page_reply_done_{i}", **private)
     # Stop never waits in the queue behind other events: it only sets this visitor's stop flag.
-    chat.stop.click(page.stop, None, None, api_name="page_stop", concurrency_limit=None, **private)
+    # "multiple": a click's event may still be on its way back when the visitor stops the next reply,
+    # and a button's default ("once") ignores clicks while its last event is pending.
+    chat.stop.click(
+        page.stop, None, None, api_name="page_stop", concurrency_limit=None, trigger_mode="multiple", **private
+    )
     chat.chatbot.undo(
         user_errors(page.undo), chat.chatbot, [chat.chatbot, chat.message], api_name="page_undo", **private
     ).then(*export, api_name="page_undo_done", **private)
