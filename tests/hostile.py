@@ -44,18 +44,24 @@ def call(
     *,
     headers: dict[str, str] | None = None,
     index: int | None = None,
+    event_data: dict[str, Any] | None = None,
 ) -> dict:
     """Join the queue with a hand-written body and return the final message (``success``, ``output``)."""
     base = app.url.rstrip("/") + "/gradio_api"
     body = json.dumps(
         {"data": data, "fn_index": fn_index(app, api_name) if index is None else index, "session_hash": session_hash}
+        | ({"event_data": event_data} if event_data is not None else {})
     )
     with httpx.Client(timeout=60, headers=headers or {}) as http:
         joined = http.post(f"{base}/queue/join", content=body, headers={"content-type": "application/json"})
         if joined.status_code in (400, 403, 413):  # refused before the queue, with a reason
             return {"success": False, "output": {"error": joined.text}, "status": joined.status_code}
         joined.raise_for_status()
-        with http.stream("GET", f"{base}/queue/data", params={"session_hash": session_hash}) as events:
+        with http.stream(
+            "GET",
+            f"{base}/queue/data",
+            params={"session_hash": session_hash} | ({"event_data": event_data} if event_data is not None else {}),
+        ) as events:
             for line in events.iter_lines():
                 if line.startswith("data:"):
                     message = json.loads(line[5:])

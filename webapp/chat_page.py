@@ -70,9 +70,14 @@ class ChatPage:
 
     # -- feedback ----------------------------------------------------------------
 
-    def rate(self, messages: Messages, replies: dict[str, Any], lang: str, data: gr.LikeData) -> tuple[Any, ...]:
+    def rate(
+        self, messages: Messages, replies: dict[str, Any], lang: str, data: gr.LikeData, request: gr.Request
+    ) -> tuple[Any, ...]:
         """A 👍/👎 on a reply is stored at once; the comment box opens for an optional comment."""
-        index = data.index if isinstance(data.index, int) else -1
+        # Every rating adds a row: counted against the caller's chat rate, so clicking (or calling
+        # the queue) in a loop cannot fill the table.
+        self.handlers.limits.check("chat", self.handlers.caller(request, None, None))
+        index = data.index if data is not None and isinstance(data.index, int) else -1
         rid = reply_id(messages or [], index)
         record = (replies or {}).get(rid) if rid else None
         if record is None or data.liked not in (True, False):
