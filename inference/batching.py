@@ -4,7 +4,11 @@ Each loaded model has one ``Batcher``: a long-lived thread that owns the
 model. Requests that arrive together are prefilled together (left-padded to
 the longest prompt, in groups that waste little on padding), then join the
 running batch, left-padded to the batch's length; finished or stopped rows
-leave between steps. Every row keeps its own sampling options, its own stop
+leave between steps. Newcomers are prefilled before the running rows take
+their next step, including those that arrive during a prefill, so a first
+token waits behind at most a batch's worth of prefills and never behind the
+token steps of replies already streaming (the batch size bounds how long the
+running rows can be held up). Every row keeps its own sampling options, its own stop
 event and its own text stream, so one visitor's long reply never holds up
 another's first token.
 
@@ -220,21 +224,33 @@ class Batcher:
         closing = False
         with torch.inference_mode():
             while cohorts or not closing:
-                active = sum(len(c.rows) for c in cohorts)
-                taken = self._take(block=not cohorts, room=self.max_batch - active)
-                closing = closing or None in taken
-                for group in _groups([r for r in taken if r is not None]):
-                    if (joined := self._admit(group)) is None:
-                        continue
-                    shared = next((c for c in cohorts if not c.rows[0].request.solo), None)
-                    if joined.rows[0].request.solo or shared is None:
-                        cohorts.append(joined)
-                    else:
-                        shared.merge(joined)
+                # Prefill before stepping: requests that arrived while a prefill ran are
+                # admitted before the running rows take their next step, so a first token
+                # waits for at most a batch's worth of prefills, never behind decode steps.
+                block = not cohorts
+                while True:
+                    active = sum(len(c.rows) for c in cohorts)
+                    taken = self._take(block=block, room=self.max_batch - active)
+                    block = False
+                    closing = closing or None in taken
+                    if not (newcomers := [r for r in taken if r is not None]):
+                        break
+                    self._join(cohorts, newcomers)
                 for cohort in list(cohorts):
                     self._step(cohort)
                     if not cohort.rows:
                         cohorts.remove(cohort)
+
+    def _join(self, cohorts: list[_Cohort], requests: list[Request]) -> None:
+        """Prefill ``requests`` and add them to the running cohorts (a seeded one keeps its own)."""
+        for group in _groups(requests):
+            if (joined := self._admit(group)) is None:
+                continue
+            shared = next((c for c in cohorts if not c.rows[0].request.solo), None)
+            if joined.rows[0].request.solo or shared is None:
+                cohorts.append(joined)
+            else:
+                shared.merge(joined)
 
     def _take(self, *, block: bool, room: int) -> list[Request | None]:
         taken: list[Request | None] = []

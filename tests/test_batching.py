@@ -121,6 +121,43 @@ def test_stopping_one_request_leaves_the_others_streaming(backend: TransformersB
     batcher.close()
 
 
+class Watched:
+    """The model, with ``before`` called ahead of each forward: the moment between the batcher's steps."""
+
+    def __init__(self, model, before) -> None:
+        self.model, self.before = model, before
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def __call__(self, **kwargs):
+        self.before()
+        return self.model(**kwargs)
+
+
+def test_a_request_arriving_during_a_prefill_is_prefilled_before_the_next_step(
+    backend: TransformersBackend,
+) -> None:
+    """A newcomer's first token waits for prefills only, never behind the running rows' token steps."""
+    loaded, ps = prompts(backend, "tiny-llama", 20)
+    greedy = SamplingOptions(temperature=0, max_new_tokens=20)
+    running, newcomer = Reply(ps[0], greedy), Reply(ps[2], greedy.model_copy(update={"max_new_tokens": 1}))
+    seen: list[tuple[int, bool]] = []  # before each forward: the running reply's tokens, newcomer done
+
+    def before() -> None:
+        if not seen:
+            batcher.submit(newcomer.request)  # arrives while the running reply is being prefilled
+        seen.append((running.request.completion_tokens, newcomer.request.done.is_set()))
+
+    batcher = Batcher(Watched(loaded.model, before), loaded.tokenizer)
+    batcher.submit(running.request)
+    assert running.text == alone(loaded, ps[0], greedy)
+    assert newcomer.request.completion_tokens == 1 and newcomer.request.finish_reason == "length"
+    # Forward 1 prefills the running reply, forward 2 the newcomer; only then does a step run.
+    assert seen[:3] == [(0, False), (1, False), (1, True)]
+    batcher.close()
+
+
 def test_a_seeded_request_is_reproducible_among_others(backend: TransformersBackend) -> None:
     """A seed cannot be honoured inside a shared batch, so it runs as its own batch of one."""
     loaded, ps = prompts(backend, "tiny-llama", 30)
