@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 
+from inference.kvcache import growing_cache
 from inference.progress import FinishReason
 from inference.sampling import SamplingOptions
 from inference.streaming import IncrementalDecoder
@@ -286,9 +287,7 @@ class Batcher:
             [[0] * (length - len(r.request.ids)) + [1] * len(r.request.ids) for r in rows], device=device
         )
         try:
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=self.model.config)
+            cache = growing_cache(self.model.config)
             out = self.model(
                 input_ids=ids,
                 attention_mask=mask,
