@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import statistics
 import threading
 import time
@@ -18,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaC
 
 from bench import gate, models, server
 from bench.stats import Row, Sample, percentile
-from bench.streaming import MESSAGE, Plain, chat_payload
+from bench.streaming import MESSAGE, Plain, chat_payload, http_chat
 from inference import TINY_MODELS, Inference, Registry, SamplingOptions, memory
 from inference.local import TransformersBackend
 from inference.progress import Downloading, Finished
@@ -38,46 +37,37 @@ def _accept(url: str) -> str:
     return receipt
 
 
-def visit(url: str, receipt: str, model_id: str, tokens: int, message: str = MESSAGE) -> tuple[float, float, str]:
-    """One visitor over Gradio's HTTP stream: (first update s, last update s, text)."""
-    data = chat_payload(message, model_id, tokens, receipt)
-    base = url.rstrip("/") + "/gradio_api/call/chat"
-    started = time.perf_counter()
-    first = last = 0.0
-    text = ""
-    with httpx.Client(timeout=600) as http:
-        event = http.post(base, json={"data": data}).json()["event_id"]
-        with http.stream("GET", f"{base}/{event}") as events:
-            kind = ""
-            for line in events.iter_lines():
-                if line.startswith("event:"):
-                    kind = line[6:].strip()
-                elif line.startswith("data:") and kind == "generating":
-                    last = time.perf_counter() - started
-                    first = first or last
-                    text = json.loads(line[5:])[0]
-                elif line.startswith("data:") and kind == "error":
-                    raise RuntimeError(f"/chat failed: {line[5:].strip()}")
-    return first, last, text
+@dataclasses.dataclass
+class Visitor:
+    """A simulated visitor: an identity that accepted the terms, and a connection of its own."""
+
+    url: str
+    receipt: str
+    http: httpx.Client = dataclasses.field(default_factory=lambda: httpx.Client(timeout=600))
+
+    def chat(self, model_id: str, tokens: int, message: str = MESSAGE) -> tuple[float, float, str]:
+        """One message over Gradio's HTTP stream: (first update s, last update s, text)."""
+        return http_chat(self.http, self.url, chat_payload(message, model_id, tokens, self.receipt))
 
 
-def crowd(url: str, receipts: list[str], n: int, tokens: int = TOKENS) -> tuple[float, list[float]]:
+def crowd(visitors: list[Visitor], n: int, tokens: int = TOKENS) -> tuple[float, list[float]]:
     """``n`` visitors sending at the same instant, each with its own identity and question: aggregate tok/s
     and each one's first-update time."""
     with ThreadPoolExecutor(n) as pool:
         started = time.perf_counter()
-        results = list(pool.map(lambda i: visit(url, receipts[i], "tiny-llama", tokens, f"{MESSAGE} {i}"), range(n)))
+        results = list(pool.map(lambda i: visitors[i].chat("tiny-llama", tokens, f"{MESSAGE} {i}"), range(n)))
         wall = time.perf_counter() - started
     return n * tokens / wall, [r[0] for r in results]
 
 
-def chatting(url: str, receipts: list[str], n: int, spread: float, tokens: int = TOKENS) -> list[float]:
-    """``n`` visitors chatting at once: each sends ``ROUNDS`` messages, the next as soon as a reply has
+def chatting(visitors: list[Visitor], spread: float, tokens: int = TOKENS) -> list[float]:
+    """The visitors chatting at once: each sends ``ROUNDS`` messages, the next as soon as a reply has
     ended, their first messages spread over ``spread`` seconds. Every message's first-update time."""
+    n = len(visitors)
 
     def visitor(i: int) -> list[float]:
         time.sleep(spread * i / n)
-        return [visit(url, receipts[i], "tiny-llama", tokens, f"{MESSAGE} {i}.{r}")[0] for r in range(ROUNDS)]
+        return [visitors[i].chat("tiny-llama", tokens, f"{MESSAGE} {i}.{r}")[0] for r in range(ROUNDS)]
 
     with ThreadPoolExecutor(n) as pool:
         return [first for firsts in pool.map(visitor, range(n)) for first in firsts]
@@ -92,22 +82,26 @@ def concurrency_rows(data_dir: Path, runs: int) -> list[Row]:
     reply_s = 0.0
     for batch in (8, 1):
         app = server.app(data_dir / f"batch{batch}", {"tiny-llama": str(path)}, {"LLMJP_MAX_BATCH": str(batch)})
+        visitors = [Visitor(app.url, _accept(app.url)) for _ in range(8)]
         try:
-            receipts = [_accept(app.url) for _ in range(8)]
-            visit(app.url, receipts[0], "tiny-llama", 4)  # loads the model
+            visitors[0].chat("tiny-llama", 4)  # loads the model
             measured[batch], firsts[batch] = {}, {}
             for n in (1, 4, 8):
                 for _ in range(runs):
-                    tok_s, first = crowd(app.url, receipts, n)
+                    tok_s, first = crowd(visitors, n)
                     measured[batch].setdefault(n, []).append(tok_s)
                     firsts[batch].setdefault(n, []).extend(first)
             if batch == 8:
                 reply_s = TOKENS / statistics.median(measured[8][1])
-                # The baseline of the first-update rows: one visitor at a time, more often than a crowd.
-                firsts[8][1] += [visit(app.url, receipts[0], "tiny-llama", TOKENS)[0] for _ in range(5)]
+                # The baseline of the first-update rows: one visitor at a time, more often than a crowd,
+                # and between the crowds, so that it sees the machine as they do.
                 for _ in range(runs):
-                    steady.extend(chatting(app.url, receipts, 8, reply_s))
+                    firsts[8][1] += [visitors[0].chat("tiny-llama", TOKENS)[0] for _ in range(3)]
+                    steady.extend(chatting(visitors, reply_s))
+                firsts[8][1] += [visitors[0].chat("tiny-llama", TOKENS)[0] for _ in range(3)]
         finally:
+            for v in visitors:
+                v.http.close()
             app.stop()
     rows = []
     for n in (1, 4, 8):
@@ -255,10 +249,10 @@ def real_shape_rows(data_dir: Path, runs: int) -> list[Row]:
     env = {"LLMJP_MODELS": "llm-jp-3.1-1.8b-instruct4", "LLMJP_WARM_UP_S": "0"}
     app = server.app(data_dir / "real", {"llm-jp-3.1-1.8b-instruct4": str(path)}, env)
     try:
-        receipt = _accept(app.url)
+        visitor = Visitor(app.url, _accept(app.url))
         time.sleep(15)  # the warm-up imports torch and transformers: not part of the model's memory
         before = server.rss_mib(app.process.pid) * 1024**2
-        visit(app.url, receipt, "llm-jp-3.1-1.8b-instruct4", 2)  # loads it
+        visitor.chat("llm-jp-3.1-1.8b-instruct4", 2)  # loads it
         grown = server.rss_mib(app.process.pid) * 1024**2 - before
         estimate = memory.need(AutoConfig.from_pretrained(path), torch.float32, 4096).weights
         plain = Plain.__new__(Plain)
@@ -273,7 +267,7 @@ def real_shape_rows(data_dir: Path, runs: int) -> list[Row]:
         ratios, served, base = [], [], []
         for _ in range(runs):
             seconds, ids = plain.run(tokens)
-            _, last, text = visit(app.url, receipt, "llm-jp-3.1-1.8b-instruct4", tokens)
+            _, last, text = visitor.chat("llm-jp-3.1-1.8b-instruct4", tokens)
             if text != plain.text(ids):
                 raise AssertionError("the 1.8b shape replied differently through the app than from generate()")
             base.append(len(ids) / seconds)
