@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -138,6 +140,23 @@ def _left_pad(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
+# On a CPU the model's threads take every core, and the web layer shares them. At the same
+# priority, with eight visitors chatting, a new message took 30-80 ms to reach the model
+# instead of 15-25 alone; at this one, 17-34. The web layer needs a few percent of a core.
+GENERATION_NICENESS = 10
+
+
+def _yield_to_the_web_layer() -> None:
+    """Lower the calling thread's priority, and so that of the compute threads it starts (Linux)."""
+    if not sys.platform.startswith("linux"):  # elsewhere a thread id is not a ``setpriority`` target
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + GENERATION_NICENESS, 19))
+    except OSError as exc:
+        log.info("generation keeps the web layer's priority: %s", exc)
+
+
 # A group prefilled together computes every prompt at the longest one's length:
 # this bounds the share of that work spent on padding.
 PADDING_WASTE = 0.25
@@ -221,6 +240,8 @@ class Batcher:
     # -- the loop -----------------------------------------------------------
 
     def _run(self) -> None:
+        if self.model.device.type == "cpu":
+            _yield_to_the_web_layer()
         cohorts: list[_Cohort] = []
         closing = False
         with torch.inference_mode():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from inference import TINY_MODELS, Inference, Registry, SamplingOptions
-from inference.batching import Batcher, Request, _groups
+from inference.batching import GENERATION_NICENESS, Batcher, Request, _groups
 from inference.local import TransformersBackend
 from inference.progress import Finished, Queued, Trimmed
 from inference.prompts import Prompt, conversation, prepare
@@ -155,6 +157,19 @@ def test_a_request_arriving_during_a_prefill_is_prefilled_before_the_next_step(
     assert newcomer.request.completion_tokens == 1 and newcomer.request.finish_reason == "length"
     # Forward 1 prefills the running reply, forward 2 the newcomer; only then does a step run.
     assert seen[:3] == [(0, False), (1, False), (1, True)]
+    batcher.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread priorities are lowered on Linux only")
+def test_generation_on_a_cpu_runs_below_the_web_layer(backend: TransformersBackend) -> None:
+    """The model's threads take every core; the web layer must still cut in to answer new visitors."""
+    loaded, ps = prompts(backend, "tiny-llama", 4)
+    batcher = Batcher(loaded.model, loaded.tokenizer)
+    reply = Reply(ps[0], SamplingOptions(temperature=0, max_new_tokens=4))
+    batcher.submit(reply.request)
+    assert reply.text  # the thread has run
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert os.getpriority(os.PRIO_PROCESS, batcher.thread.native_id) == min(mine + GENERATION_NICENESS, 19) > mine
     batcher.close()
 
 
