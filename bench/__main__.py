@@ -131,10 +131,13 @@ def startup_rows(data_dir: Path, runs: int) -> list[Row]:
         plain_mem.append(server.rss_mib(p.process.pid))
         p.stop()
     t, m = Sample(tuple(ours)), Sample(tuple(ours_mem))
+    # Each start against the hello-world start right after it: a busy moment of the machine slows
+    # both of a pair, where medians taken apart would set one busy moment against a quiet one.
+    ratio = Sample(tuple(a / b for a, b in zip(ours, plain, strict=True)))
     return [
         Row("4a. cold start: process start to HTTP 200 (s)", t.show("{:.2f}"),
-            f"hello-world Gradio: {Sample(tuple(plain)).show('{:.2f}')}",
-            f"{t.median / Sample(tuple(plain)).median:.2f}×", "≤ 1.3×", t.median <= 1.3 * Sample(tuple(plain)).median),
+            f"hello-world Gradio: {Sample(tuple(plain)).show('{:.2f}')}", ratio.show("{:.2f}×"), "≤ 1.3×",
+            ratio.median <= 1.3),
         Row("4b. idle memory, no model loaded (MiB RSS)", m.show("{:.0f}"),
             f"hello-world Gradio: {Sample(tuple(plain_mem)).show('{:.0f}')}", f"{m.median:.0f} MiB", "(reported)", True),
     ]  # fmt: skip
@@ -183,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 app.stop()
         sections = {
-            "startup": lambda: startup_rows(data_dir, min(args.runs, 3)),
+            "startup": lambda: startup_rows(data_dir, max(args.runs, 5)),
             "batching": lambda: batching.rows(models.llama_110m(data_dir / "llama-110m")),
             "concurrency": lambda: serving.concurrency_rows(data_dir, min(args.runs, 3)),
             "models": lambda: serving.two_models_rows(data_dir) + serving.download_rows(data_dir),
