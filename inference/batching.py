@@ -8,9 +8,9 @@ leave between steps. Newcomers are prefilled before the running rows take
 their next step, including those that arrive during a prefill, so a first
 token waits behind at most a batch's worth of prefills and never behind the
 token steps of replies already streaming (the batch size bounds how long the
-running rows can be held up). Every row keeps its own sampling options, its own stop
-event and its own text stream, so one visitor's long reply never holds up
-another's first token.
+running rows can be held up). Every row keeps its own sampling options, its
+own stop event and its own text stream, so one visitor's long reply never
+holds up another's first token.
 
 Prefill is bound by arithmetic on a CPU, so eight prompts prefilled at once
 still cost far more than one; in one forward they cost about half of eight
