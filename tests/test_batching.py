@@ -167,7 +167,7 @@ def test_generation_on_a_cpu_runs_below_the_web_layer(backend: TransformersBacke
     batcher = Batcher(loaded.model, loaded.tokenizer)
     reply = Reply(ps[0], SamplingOptions(temperature=0, max_new_tokens=4))
     batcher.submit(reply.request)
-    assert reply.text  # the thread has run
+    assert reply.request.done.wait(60) and reply.request.error is None  # the thread has run
     mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert os.getpriority(os.PRIO_PROCESS, batcher.thread.native_id) == min(mine + GENERATION_NICENESS, 19) > mine
     batcher.close()
