@@ -70,9 +70,9 @@ def growing_cache(config: Any) -> DynamicCache:
     return cache
 
 
-def _grown(held: torch.Tensor, new: torch.Tensor, length: int, needed: int) -> torch.Tensor:
-    """A buffer for ``needed`` positions and ``GROWTH`` more, holding the first ``length`` of ``held``."""
+def _grown(old: torch.Tensor, new: torch.Tensor, kept: int, needed: int) -> torch.Tensor:
+    """A buffer for ``needed`` positions and ``GROWTH`` more, holding the first ``kept`` positions of ``old``."""
     buffer = new.new_empty((*new.shape[:2], needed + GROWTH, new.shape[-1]))
-    if length:
-        buffer[:, :, :length] = held[:, :, :length]
+    if kept:
+        buffer[:, :, :kept] = old[:, :, :kept]
     return buffer
