@@ -58,12 +58,6 @@ html[lang^="ja"] .toast-title.success::before { content: "完了"; }
 FONTS = ["Noto Sans CJK JP", "Noto Sans JP", "Hiragino Sans", "Yu Gothic", "Meiryo", "system-ui", "sans-serif"]
 
 
-# Gradio's queue looks for new events every millisecond while it has none: a thousand
-# wake-ups a second, each taking a core from the model when they share a CPU (eight
-# visitors' tok/s fell about 10%). Every QUEUE_POLL_S delays a new event by at most that.
-QUEUE_POLL_S = 0.01
-
-
 def launch_options(settings: Settings | None = None) -> dict[str, Any]:
     """Arguments for ``demo.launch``: the look and language of the page, and the limits of the web server."""
     # Local fonts only: the page must not wait on a font service, and Japanese
@@ -263,6 +257,4 @@ def build(
         gr.api(user_errors(admin.admin_export), api_name="admin_export")
         gr.api(user_errors(admin.admin_erase), api_name="admin_erase")
         gr.api(user_errors(ratings.admin_feedback), api_name="admin_feedback")
-    if hasattr(demo._queue, "sleep_when_free"):  # Gradio's own setting, not a public one (tests/test_idle.py)
-        demo._queue.sleep_when_free = QUEUE_POLL_S
     return demo
