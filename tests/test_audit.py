@@ -15,7 +15,7 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from db import audit, export
-from db.engine import make_engine, session_factory, upgrade
+from db.engine import HEAD, MIGRATIONS, make_engine, session_factory, upgrade
 from db.models import EventKind
 from tests.conftest import ROOT
 
@@ -72,6 +72,40 @@ def test_schema_comes_from_migrations(engine: Engine) -> None:
             assert conn.scalar(text("PRAGMA busy_timeout")) == 30000
             assert conn.scalar(text("PRAGMA secure_delete")) == 1
     upgrade(engine)  # twice is harmless
+
+
+def test_head_names_the_newest_migration() -> None:
+    from alembic.script import ScriptDirectory
+
+    assert ScriptDirectory(str(MIGRATIONS)).get_heads() == [HEAD]
+
+
+def test_a_start_on_a_database_at_head_leaves_alembic_unimported(database_url: str) -> None:
+    """A restart reads the schema version; Alembic is imported only when there is something to migrate."""
+    script = """
+import sys
+from sqlalchemy import text
+from db.engine import make_engine, upgrade
+
+def forget_alembic():
+    for module in [m for m in sys.modules if m == "alembic" or m.startswith("alembic.")]:
+        del sys.modules[module]
+
+engine = make_engine(sys.argv[1])
+upgrade(engine, "0003")
+forget_alembic()
+upgrade(engine)
+print("behind", "alembic" in sys.modules)
+forget_alembic()
+upgrade(engine)
+print("at-head", "alembic" in sys.modules)
+with engine.connect() as conn:
+    print(conn.scalar(text("SELECT version_num FROM alembic_version")))
+"""
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", script, database_url], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["behind", "True", "at-head", "False", HEAD]
 
 
 def test_earlier_acceptances_are_carried_into_the_chain(database_url: str) -> None:
