@@ -124,8 +124,7 @@ def startup_rows(data_dir: Path, runs: int) -> list[Row]:
     """Process start to HTTP 200: a first start (no database yet) and a restart, each beside hello-world."""
     # Installed packages come with their bytecode compiled (pip does it); a checkout's own modules
     # get theirs on the first start, unless PYTHONDONTWRITEBYTECODE forbids it (as on this machine).
-    compileall.compile_dir(ROOT / "webapp", quiet=1)
-    for package in ("db", "inference"):
+    for package in ("webapp", "db", "inference"):
         compileall.compile_dir(ROOT / package, quiet=1)
     compileall.compile_file(ROOT / "app.py", quiet=1)
     first, again, plain, mem, plain_mem = [], [], [], [], []
