@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,8 +23,40 @@ MAX_CHARS = 300
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
+class Lingering:
+    """The real backend; while ``linger`` is set, a reply that has written all it may stays open until
+    its visitor stops it.
+
+    A tiny model writes 1,024 tokens in about 1.6 s, which a busy machine's browser can take to show
+    Stop and click it: the reply then ended on its own, and the test lost a race the product did not.
+    """
+
+    def __init__(self) -> None:
+        self.inner: object = None
+        self.linger = threading.Event()
+
+    def around(self, backend: object) -> Lingering:
+        self.inner = backend
+        return self
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)  # prepare, release, is_loaded ...
+
+    def generate(self, spec, messages, options, emit, stop, **kwargs) -> object:
+        outcome = self.inner.generate(spec, messages, options, emit, stop, **kwargs)  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 120
+        while self.linger.is_set() and not stop.wait(0.01) and time.monotonic() < deadline:
+            pass
+        return outcome
+
+
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[RunningApp]:
+def lingering() -> Lingering:
+    return Lingering()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, models_dir: Path, lingering: Lingering) -> Iterator[RunningApp]:
     from webapp.settings import Settings
 
     # One visitor sends dozens of messages a minute here: the rate limits are not what is tested.
@@ -36,7 +69,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[
         rate_chat_address="1000/minute",
         rate_consent_address="1000/minute",
     )
-    running = launch(settings, models_dir)
+    running = launch(settings, models_dir, wrap=lingering.around)
     try:
         yield running
     finally:
@@ -156,11 +189,19 @@ def set_slider(page, name: str, value: int) -> None:
     expect(number).to_be_hidden()
 
 
+@pytest.fixture
+def replies_wait_for_stop(lingering: Lingering) -> Iterator[None]:
+    lingering.linger.set()
+    yield
+    lingering.linger.clear()
+
+
+@pytest.mark.usefixtures("replies_wait_for_stop")
 def test_send_becomes_stop_and_thirty_stops_in_a_row(page) -> None:
     from playwright.sync_api import expect
 
-    # Long enough that every reply is still running when stopped, and half the tiny model's context,
-    # so the growing conversation is trimmed rather than leaving a reply only a few tokens.
+    # Half the tiny model's context, so the growing conversation is trimmed rather than leaving a
+    # reply only a few tokens; a reply that has written them all waits for its Stop (Lingering).
     set_slider(page, "max_new_tokens", 1024)
     stopped = page.locator('#chatbot [data-testid="bot"]').filter(has_text="停止しました")
     for i in range(30):
