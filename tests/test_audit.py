@@ -103,7 +103,9 @@ with engine.connect() as conn:
     print(conn.scalar(text("SELECT version_num FROM alembic_version")))
 """
     env = os.environ | {"PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", script, database_url], env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script, database_url], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["behind", "True", "at-head", "False", HEAD]
 
