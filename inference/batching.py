@@ -7,137 +7,161 @@ running batch, left-padded to the batch's length; finished or stopped rows
 leave between steps. Newcomers are prefilled before the running rows take
 their next step, including those that arrive during a prefill, so a first
 token waits behind at most a batch's worth of prefills and never behind the
-token steps of replies already streaming (the batch size bounds how long the
-running rows can be held up). Every row keeps its own sampling options, its
-own stop event and its own text stream, so one visitor's long reply never
-holds up another's first token.
+token steps of replies already streaming. Every row keeps its own sampling
+options, its own stop event and its own text stream.
 
-Prefill is bound by arithmetic on a CPU, so eight prompts prefilled at once
-still cost far more than one; in one forward they cost about half of eight
-forwards one after the other (BENCHMARKS.md, rows 7), and every one of them
-gets its first token at the same moment instead of the last waiting for all
-the others.
+**Failure boundaries.** One visitor's request must never stop the model for
+the others. Sampling is total (``inference.sampler``: a row without a defined
+next token fails alone). A forward (prefill or step) that raises is rewound
+and retried on halves of its rows, so a failure that one row causes ends
+that row only; an out-of-memory fails the newest row and lowers the memory
+budget; a failing decoder or consumer ends its own row. An error that says
+the device itself is broken (a CUDA error) ends the loop: every request gets
+the message and the model's owner reloads it. Whatever escapes anyway ends
+the thread with every request answered; the owner's watchdog also watches
+for a loop that stops making progress (``progress_at``).
 
-Why not transformers' own continuous batching
-(``init_continuous_batching``), even on CUDA where it is built to shine: its
-manager drops the repetition penalty
-(``RepetitionPenaltyLogitsProcessor.supports_continuous_batching`` is False
-in transformers 5), and every LLM-jp card samples with one (1.05 or 1.1); it
-has no per-request seed, and sampling or greedy search is one setting for
-all its requests. Nearly every chat would fall back to a solo path, so the
-batch would hold little. This loop honours all of them per row. On this CPU
-the manager was also no faster than one request at a time, while this loop
-came close to one static batch, which cannot take newcomers (BENCHMARKS.md,
-row 6).
+**Memory.** Admission is bounded by a KV-cache budget in cache positions
+(rows × the length each may reach, padding included); a request that does
+not fit waits, and hears why.
 
-A seeded request runs as a batch of one beside the others (its own rows,
-stepped in turn): batch composition changes the floating-point sums slightly,
-and a seed promises the same reply every time.
+Why not transformers' own continuous batching (``init_continuous_batching``):
+its manager drops the repetition penalty every LLM-jp card samples with, has
+no per-request seed, and greedy or sampling is one setting for all its
+requests, so nearly every chat would fall back to a solo path (BENCHMARKS.md,
+row 6). A seeded request runs as a batch of one beside the others: batch
+composition changes floating-point sums slightly, and a seed promises the
+same reply every time.
 """
 
 from __future__ import annotations
 
+import collections
+import inspect
 import logging
-import math
 import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from inference.cohort import Cohort
+from inference.errors import GenerationFailed, OutOfMemory
 from inference.kvcache import growing_cache
-from inference.progress import FinishReason
+from inference.progress import FinishReason, Status, WaitingForMemory
+from inference.sampler import FAILED, RowOptions, sample
 from inference.sampling import SamplingOptions
 from inference.streaming import IncrementalDecoder
 
 log = logging.getLogger(__name__)
 
+FAIR_SHARE_TOKENS = 128
+"""A reply asked to make room for waiting visitors ends once it has at least this many tokens."""
+
+
+def _ignore(_: Status) -> None:
+    pass
+
+
+def generation_failed() -> GenerationFailed:
+    """The message of a reply that failed for a reason the visitor cannot act on but to try again."""
+    return GenerationFailed("生成に失敗しました。もう一度お試しください。", "Generation failed. Please try again.")
+
 
 @dataclass(eq=False)
 class Request:
-    """One reply to generate; the batcher fills in the outcome and sets ``done``."""
+    """One reply to generate; whoever ends it first (the batcher, or a watchdog) fills in the outcome."""
 
     ids: list[int]
     options: SamplingOptions
     max_new_tokens: int
     emit: Callable[[str], None]
     stop: threading.Event
+    report: Callable[[Status], None] = _ignore
+    make_room: threading.Event = field(default_factory=threading.Event)
+    """Set when visitors wait for a place: the reply ends early, at ``FAIR_SHARE_TOKENS`` or more."""
     done: threading.Event = field(default_factory=threading.Event)
     completion_tokens: int = 0
     finish_reason: FinishReason = "length"
     error: BaseException | None = None
+    told_to_wait: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def solo(self) -> bool:
         """Whether this request must be computed alone (see the module's note on seeds)."""
         return self.options.seed is not None and self.options.temperature > 0
 
+    @property
+    def reach(self) -> int:
+        """Cache positions this request may come to hold."""
+        return len(self.ids) + self.max_new_tokens
+
+    def send(self, text: str) -> None:
+        """Pass text to the consumer, unless the request has already ended."""
+        with self._lock:
+            if not self.done.is_set():
+                self.emit(text)
+
+    def finish(self, reason: FinishReason, error: BaseException | None = None) -> bool:
+        """End the request once; False when it had already ended."""
+        with self._lock:
+            if self.done.is_set():
+                return False
+            self.finish_reason, self.error = reason, error
+            self.done.set()
+            return True
+
 
 class _Row:
-    """A request inside a cohort: its decoder and sampler state."""
+    """A request inside a cohort, with its decoder."""
 
     def __init__(self, request: Request, tokenizer: Any) -> None:
         self.request = request
         self.decoder = IncrementalDecoder(tokenizer)
-        self.generator: torch.Generator | None = None
-        if request.solo:
-            self.generator = torch.Generator().manual_seed(request.options.seed or 0)
 
     def finish(self, reason: FinishReason, error: BaseException | None = None) -> None:
         req = self.request
-        if error is None and (text := self.decoder.flush()):
-            req.emit(text)
-        req.finish_reason, req.error = reason, error
-        req.done.set()
+        if error is None:
+            try:
+                if text := self.decoder.flush():
+                    req.send(text)
+            except Exception as exc:  # a decoder or consumer failing at the end fails this row only
+                error = _unexpected(exc, "finishing a reply")
+        req.finish(reason, error)
 
 
-class _Cohort:
-    """Rows decoded together: one KV cache, left-padded to a common length."""
-
-    def __init__(self, rows: list[_Row], cache: Any, mask: torch.Tensor, seen: torch.Tensor, last: torch.Tensor):
-        self.rows = rows
-        self.cache = cache
-        self.mask = mask  # [rows, length]: 1 where the cache holds a real token
-        self.seen = seen  # [rows, vocab]: tokens present so far, for the repetition penalty
-        self.last = last  # [rows]: each row's newest token, not yet in the cache
-
-    def merge(self, other: _Cohort) -> None:
-        """Take ``other``'s rows into this cohort, left-padding the shorter cache."""
-        length = max(self.mask.shape[1], other.mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            mine.keys = torch.cat([_left_pad(mine.keys, length, 2), _left_pad(theirs.keys, length, 2)])
-            mine.values = torch.cat([_left_pad(mine.values, length, 2), _left_pad(theirs.values, length, 2)])
-        self.mask = torch.cat([_left_pad(self.mask, length, 1), _left_pad(other.mask, length, 1)])
-        self.seen = torch.cat([self.seen, other.seen])
-        self.last = torch.cat([self.last, other.last])
-        self.rows += other.rows
-
-    def keep(self, keep: list[int]) -> None:
-        """Keep only the rows at ``keep``, and drop padding columns that no row needs any more."""
-        if not keep:
-            self.rows = []
-            return
-        index = torch.tensor(keep, device=self.mask.device)
-        self.rows = [self.rows[i] for i in keep]
-        self.mask, self.seen, self.last = self.mask[index], self.seen[index], self.last[index]
-        unused = int(self.mask.cumsum(1).eq(0).all(0).sum())  # leading columns empty in every row
-        self.mask = self.mask[:, unused:]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys[index, :, unused:]
-            layer.values = layer.values[index, :, unused:]
+class DeviceBroken(Exception):
+    """The device reported an error after which nothing computed on it can be trusted."""
 
 
-def _left_pad(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-    short = length - t.shape[dim]
-    if short == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = short
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
+def is_device_broken(exc: BaseException) -> bool:
+    """Whether ``exc`` leaves the device unusable (a CUDA error, a device-side assert), not just this batch."""
+    if isinstance(exc, DeviceBroken) or type(exc).__name__ == "AcceleratorError":
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("CUDA error", "device-side assert", "CUBLAS_STATUS", "illegal memory access")
+    )
+
+
+def _reraise_fatal(exc: BaseException) -> None:
+    """Let what no row boundary may swallow end the loop: a broken device, an interrupt, an exit."""
+    if is_device_broken(exc):
+        raise DeviceBroken(str(exc)) from exc
+    if not isinstance(exc, Exception):
+        raise exc
+
+
+def _unexpected(exc: BaseException, doing: str) -> GenerationFailed:
+    """Log an unexpected error once, with its traceback, and turn it into the visitor's message."""
+    log.error("generation failed while %s", doing, exc_info=exc)
+    return generation_failed()
 
 
 # On a CPU the model's threads take every core, and the web layer shares them. At the same
@@ -180,50 +204,72 @@ def _groups(requests: list[Request]) -> list[list[Request]]:
     return groups + ([group] if group else [])
 
 
-def _penalise(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
-    """transformers' repetition penalty, one factor per row."""
-    penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
-    return torch.where(seen, penalised, logits)
-
-
-def _filter(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Top-k then top-p (nucleus) filtering, as transformers' warpers do, one setting per row."""
-    ordered, order = torch.sort(logits, descending=True)
-    k = torch.where(top_k > 0, top_k, logits.shape[-1]).clamp(max=logits.shape[-1])
-    kth = ordered.gather(1, (k - 1).unsqueeze(1))
-    logits = logits.masked_fill(logits < kth, -float("inf"))
-    ordered = ordered.masked_fill(ordered < kth, -float("inf"))
-    # Keep the most likely tokens whose mass reaches top_p (and always the first).
-    mass = ordered.softmax(-1).cumsum(-1)
-    drop = (mass - ordered.softmax(-1)) >= top_p.unsqueeze(1)
-    drop[:, 0] = False
-    return logits.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+def _cells(cohorts: list[Cohort], joining: list[Request]) -> int:
+    """Cache positions the cohorts may come to hold with ``joining`` added to the shared one."""
+    total, shared = 0, [r.request for c in cohorts if not c.solo for r in c.rows]
+    for cohort in cohorts:
+        if cohort.solo:
+            total += cohort.rows[0].request.reach
+    everyone = shared + [r for r in joining if not r.solo]
+    if everyone:
+        total += len(everyone) * max(r.reach for r in everyone)
+    return total + sum(r.reach for r in joining if r.solo)
 
 
 class Batcher:
     """Owns one model on one long-lived thread and generates every request for it, batched."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, *, max_batch: int = 8, name: str = "model", start: bool = True
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch: int = 8,
+        name: str = "model",
+        start: bool = True,
+        kv_budget: int | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        self.name = name
+        self.kv_budget = kv_budget
+        """Cache positions (rows × length) all requests together may hold; None: unbounded."""
         self.eos = tokenizer.eos_token_id
+        forward = getattr(model, "forward", model)
+        # transformers 5.24 renamed the cache argument (``past_key_values`` goes in 5.40).
+        self._cache_arg = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
         self._inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
+        self._waiting: collections.deque[Request] = collections.deque()  # taken in, not yet prefilled
+        self._lock = threading.Lock()
+        self._requests: set[Request] = set()
+        self.progress_at = time.monotonic()
+        """When the loop last finished a unit of work, or began to wait for some."""
+        self.busy = False
+        """Whether the loop has requests in hand (an idle loop makes no progress and is not stalled)."""
+        self.failure: BaseException | None = None
+        """What ended the loop, when something did."""
+        self._retired = False
         self._thread = threading.Thread(target=self._run, name=f"generate-{name}", daemon=True)
         if start:
             self._thread.start()
 
+    # -- the owner's side ---------------------------------------------------------
+
     def run_alone(self, request: Request) -> None:
         """Generate ``request`` by itself on the calling thread (no batching thread)."""
         with torch.inference_mode():
-            cohort = self._admit([request])
-            while cohort is not None and cohort.rows:
-                self._step(cohort)
+            cohorts = self._prefill([request])
+            while cohorts:
+                cohorts = [c for cohort in cohorts for c in self._step(cohort)]
 
     def submit(self, request: Request) -> None:
         """Queue ``request``; it joins the running batch at the next step."""
+        with self._lock:
+            if self._retired:
+                request.finish("cancelled", generation_failed())
+                return
+            self._requests.add(request)
         self._inbox.put(request)
 
     def close(self) -> None:
@@ -237,45 +283,63 @@ class Batcher:
     def thread(self) -> threading.Thread:
         return self._thread
 
-    # -- the loop -----------------------------------------------------------
+    def abandon(self, error: BaseException) -> int:
+        """Answer every request in hand with ``error`` and retire the loop (a watchdog's last resort).
+
+        A loop stuck in a forward may wake later: it then finds itself
+        retired and its requests ended, and leaves without a word to them.
+        """
+        with self._lock:
+            self._retired = True
+            requests, self._requests = list(self._requests), set()
+        self._inbox.put(None)
+        return sum(r.finish("cancelled", error) for r in requests)
+
+    # -- the loop -----------------------------------------------------------------
 
     def _run(self) -> None:
         if self.model.device.type == "cpu":
             _yield_to_the_web_layer()
-        cohorts: list[_Cohort] = []
-        closing = False
-        with torch.inference_mode():
-            while cohorts or not closing:
-                # Prefill before stepping: requests that arrived while a prefill ran are
-                # admitted before the running rows take their next step, so a first token
-                # waits for at most a batch's worth of prefills, never behind decode steps.
-                block = not cohorts
-                while True:
-                    active = sum(len(c.rows) for c in cohorts)
-                    taken = self._take(block=block, room=self.max_batch - active)
-                    block = False
-                    closing = closing or None in taken
-                    if not (newcomers := [r for r in taken if r is not None]):
-                        break
-                    self._join(cohorts, newcomers)
-                for cohort in list(cohorts):
-                    self._step(cohort)
-                    if not cohort.rows:
-                        cohorts.remove(cohort)
-
-    def _join(self, cohorts: list[_Cohort], requests: list[Request]) -> None:
-        """Prefill ``requests`` and add them to the running cohorts (a seeded one keeps its own)."""
-        for group in _groups(requests):
-            if (joined := self._admit(group)) is None:
-                continue
-            shared = next((c for c in cohorts if not c.rows[0].request.solo), None)
-            if joined.rows[0].request.solo or shared is None:
-                cohorts.append(joined)
+        try:
+            with torch.inference_mode():
+                self._loop()
+        except BaseException as exc:  # the boundary of last resort: nothing in hand is left waiting
+            self.failure = exc
+            if isinstance(exc, DeviceBroken):
+                log.error("%s: the device failed; its requests are ended and the model is reloaded", self.name)
+                error: BaseException = generation_failed()
             else:
-                shared.merge(joined)
+                error = _unexpected(exc, f"running {self.name}'s loop")
+            self.abandon(error)
+
+    def _loop(self) -> None:
+        cohorts: list[Cohort] = []
+        closing = False
+        while not self._retired and (cohorts or self._waiting or not closing):
+            # Prefill before stepping: requests that arrived while a prefill ran are admitted
+            # before the running rows take their next step, so a first token waits for at
+            # most a batch's worth of prefills, never behind decode steps.
+            block = not cohorts and not self._waiting
+            while True:
+                self.busy = not block
+                taken = self._take(block=block, room=self.max_batch - sum(len(c.rows) for c in cohorts))
+                self.busy, self.progress_at, block = True, time.monotonic(), False
+                closing = closing or None in taken
+                self._waiting.extend(r for r in taken if r is not None)
+                if not (newcomers := self._fitting(cohorts)):
+                    break
+                self._join(cohorts, newcomers)
+                self.progress_at = time.monotonic()
+            for cohort in list(cohorts):
+                cohorts.remove(cohort)
+                cohorts += self._step(cohort)
+                self.progress_at = time.monotonic()
+            self._forget()
+        self.busy = False
 
     def _take(self, *, block: bool, room: int) -> list[Request | None]:
         taken: list[Request | None] = []
+        room -= len(self._waiting)
         try:
             if block:
                 taken.append(self._inbox.get())
@@ -285,21 +349,72 @@ class Batcher:
             pass
         return taken
 
-    def _fail(self, rows: list[_Row], exc: BaseException) -> None:
-        for row in rows:
-            row.finish("cancelled", exc)
+    def _fitting(self, cohorts: list[Cohort]) -> list[Request]:
+        """The waiting requests, in order, that the memory budget admits now (one always, when nothing runs)."""
+        fits: list[Request] = []
+        while self._waiting:
+            request = self._waiting[0]
+            if request.done.is_set() or request.stop.is_set():
+                self._waiting.popleft()
+                _Row(request, self.tokenizer).finish("cancelled")
+                continue
+            alone = not cohorts and not fits
+            if not alone and self.kv_budget is not None and _cells(cohorts, [*fits, request]) > self.kv_budget:
+                for place, r in enumerate(self._waiting, 1):
+                    if not r.told_to_wait:
+                        r.told_to_wait = True
+                        r.report(WaitingForMemory(place))
+                break
+            fits.append(self._waiting.popleft())
+        return fits
 
-    def _admit(self, requests: list[Request]) -> _Cohort | None:
-        """Prefill ``requests`` together and sample their first tokens; a cohort, or None if all ended."""
+    def _forget(self) -> None:
+        with self._lock:
+            self._requests = {r for r in self._requests if not r.done.is_set()}
+
+    def _join(self, cohorts: list[Cohort], requests: list[Request]) -> None:
+        """Prefill ``requests`` and add them to the running cohorts (a seeded one keeps its own)."""
+        for group in _groups(requests):
+            for joined in self._prefill(group):
+                shared = next((c for c in cohorts if not c.solo), None)
+                if joined.solo or shared is None:
+                    cohorts.append(joined)
+                else:
+                    shared.merge(joined)
+
+    def _admit(self, requests: list[Request]) -> Cohort | None:
+        """Prefill ``requests`` into one cohort (what ``_prefill`` keeps apart is merged); None if all ended."""
+        cohorts = self._prefill(requests)
+        for other in cohorts[1:]:
+            cohorts[0].merge(other)
+        return cohorts[0] if cohorts else None
+
+    def _prefill(self, requests: list[Request]) -> list[Cohort]:
+        """Prefill ``requests`` together and pick their first tokens; a failure is narrowed to its rows."""
         rows = []
         for request in requests:
             row = _Row(request, self.tokenizer)
-            if request.stop.is_set():
+            if request.stop.is_set() or request.done.is_set():
                 row.finish("cancelled")
             else:
                 rows.append(row)
         if not rows:
-            return None
+            return []
+        try:
+            cohort, logits = self._prefill_forward(rows)
+        except BaseException as exc:
+            _reraise_fatal(exc)
+            if isinstance(exc, torch.OutOfMemoryError):
+                self._free()
+            if len(rows) == 1:
+                rows[0].finish("cancelled", self._failure(exc, "prefilling"))
+                return []
+            half = len(rows) // 2
+            return self._prefill([r.request for r in rows[:half]]) + self._prefill([r.request for r in rows[half:]])
+        self._advance(cohort, logits)
+        return [cohort] if cohort.rows else []
+
+    def _prefill_forward(self, rows: list[_Row]) -> tuple[Cohort, torch.Tensor]:
         device = self.model.device
         length = max(len(r.request.ids) for r in rows)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos or 0
@@ -307,101 +422,137 @@ class Batcher:
         mask = torch.tensor(
             [[0] * (length - len(r.request.ids)) + [1] * len(r.request.ids) for r in rows], device=device
         )
-        try:
-            cache = growing_cache(self.model.config)
-            out = self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=(mask.cumsum(1) - 1).clamp(min=0),
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        except BaseException as exc:
-            self._fail(rows, exc)
-            return None
+        cache = growing_cache(self.model.config)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_arg: cache},
+        )
         if not bool(mask.all()):
             # What padding left in the cache is masked from every later step; zeroed, it
             # cannot turn into NaN there whatever the attention kernel does with it.
             hidden = ~mask.bool()[:, None, :, None]
-            for layer in out.past_key_values.layers:
+            for layer in cache.layers:
                 layer.keys.masked_fill_(hidden, 0)
                 layer.values.masked_fill_(hidden, 0)
-        seen = torch.zeros((len(rows), out.logits.shape[-1]), dtype=torch.bool, device=device)
+        logits = out.logits[:, -1, :]
+        seen = torch.zeros((len(rows), logits.shape[-1]), dtype=torch.bool, device=device)
         real = mask.bool()
         which = torch.arange(len(rows), device=device).unsqueeze(1).expand_as(ids)
         seen[which[real], ids[real]] = True
-        cohort = _Cohort(rows, out.past_key_values, mask, seen, ids[:, -1])
-        self._sample(cohort, out.logits[:, -1, :])
-        return cohort if cohort.rows else None
+        options = RowOptions.of([r.request.options for r in rows], device)
+        return Cohort(rows, cache, mask, seen, ids[:, -1], options), logits
 
-    def _step(self, cohort: _Cohort) -> None:
-        """One decoding step for every row of ``cohort``."""
-        if stopped := [i for i, row in enumerate(cohort.rows) if row.request.stop.is_set()]:
-            for i in stopped:
-                cohort.rows[i].finish("cancelled")
-            cohort.keep([i for i in range(len(cohort.rows)) if i not in stopped])
-            if not cohort.rows:
-                return
+    def _step(self, cohort: Cohort) -> list[Cohort]:
+        """One decoding step for every row of ``cohort``; the cohorts that go on (a failure may split it)."""
+        cohort.keep([i for i, row in enumerate(cohort.rows) if not self._ended(row)])
+        if not cohort.rows:
+            return []
         mask = torch.cat([cohort.mask, cohort.mask.new_ones((len(cohort.rows), 1))], dim=1)
-        positions = mask.sum(1, keepdim=True) - 1
+        marks = cohort.mark()
         try:
             out = self.model(
                 input_ids=cohort.last.unsqueeze(1),
                 attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cohort.cache,
+                position_ids=mask.sum(1, keepdim=True) - 1,
                 use_cache=True,
                 logits_to_keep=1,
+                **{self._cache_arg: cohort.cache},
             )
         except BaseException as exc:
-            self._fail(cohort.rows, exc)
-            cohort.rows = []
-            return
+            cohort.rewind(marks)
+            return self._recover(cohort, exc)
         cohort.mask = mask
-        self._sample(cohort, out.logits[:, -1, :])
+        self._advance(cohort, out.logits[:, -1, :])
+        return [cohort] if cohort.rows else []
 
-    def _sample(self, cohort: _Cohort, logits: torch.Tensor) -> None:
-        """Pick each row's next token, stream it, and let finished rows leave."""
-        rows = cohort.rows
-        options = [r.request.options for r in rows]
-        logits = logits.float()
-        penalty = torch.tensor([[o.repetition_penalty] for o in options], device=logits.device)
-        logits = _penalise(logits, cohort.seen, penalty)
-        tokens = logits.argmax(-1)
-        sampled = [i for i, o in enumerate(options) if o.temperature > 0]
-        if sampled:
-            index = torch.tensor(sampled, device=logits.device)
-            temps = torch.tensor([[options[i].temperature] for i in sampled], device=logits.device)
-            top_k = torch.tensor([options[i].top_k for i in sampled], device=logits.device)
-            # top_p 1 keeps everything; as +inf it cannot drop a token to rounding in the cumulative sum.
-            top_p = torch.tensor(
-                [options[i].top_p if options[i].top_p < 1 else math.inf for i in sampled], device=logits.device
-            )
-            probs = _filter(logits[index] / temps, top_k, top_p).softmax(-1)
-            for j, i in enumerate(sampled):
-                tokens[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator)[0]
-        cohort.seen[torch.arange(len(rows)), tokens] = True
-        cohort.last = tokens
+    def _ended(self, row: _Row) -> bool:
+        if row.request.done.is_set():
+            return True
+        if row.request.stop.is_set():
+            row.finish("cancelled")
+            return True
+        return False
+
+    def _recover(self, cohort: Cohort, exc: BaseException) -> list[Cohort]:
+        """After a failed step: fail the rows at fault, keep the others to be stepped again."""
+        _reraise_fatal(exc)
+        if isinstance(exc, torch.OutOfMemoryError):
+            # The newest row leaves; the budget shrinks to what the others hold, so none joins until room is made.
+            self._free()
+            newest = len(cohort.rows) - 1
+            cohort.rows[newest].finish("cancelled", OutOfMemory())
+            log.warning("%s: out of memory at %d rows; the newest reply ended", self.name, len(cohort.rows))
+            cohort.keep(list(range(newest)))
+            self.kv_budget = min(self.kv_budget or sys.maxsize, max(cohort.cells(), 1))
+            return [cohort] if cohort.rows else []
+        if len(cohort.rows) == 1:
+            cohort.rows[0].finish("cancelled", self._failure(exc, "stepping"))
+            return []
+        # Halves are stepped apart: a failure one row causes narrows down to that row.
+        other = cohort.split(list(range(len(cohort.rows) // 2, len(cohort.rows))))
+        return [cohort, other]
+
+    def _failure(self, exc: BaseException, doing: str) -> BaseException:
+        return OutOfMemory() if isinstance(exc, torch.OutOfMemoryError) else _unexpected(exc, doing)
+
+    @staticmethod
+    def _free() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _advance(self, cohort: Cohort, logits: torch.Tensor) -> None:
+        """Pick each row's next token, stream it, and let finished rows leave (one host sync)."""
+        tokens = self._pick(cohort, logits)
+        cohort.seen[torch.arange(len(cohort.rows), device=tokens.device), tokens.clamp(min=0)] = True
+        cohort.last = tokens.clamp(min=0)
         keep: list[int] = []
-        for i, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
-            req = row.request
-            if req.stop.is_set():
-                row.finish("cancelled")
-                continue
-            req.completion_tokens += 1
-            if token == self.eos:
-                row.finish("stop")
-                continue
+        for i, (row, token) in enumerate(zip(cohort.rows, tokens.tolist(), strict=True)):
+            if self._emit(row, token):
+                keep.append(i)
+        cohort.keep(keep)
+
+    def _pick(self, cohort: Cohort, logits: torch.Tensor) -> torch.Tensor:
+        try:
+            return sample(logits, cohort.seen, cohort.options)
+        except Exception as exc:  # not expected: sampling is total; fall back to one row at a time
+            log.error("batched sampling failed; sampling row by row", exc_info=exc)
+        tokens = []
+        for i in range(len(cohort.rows)):
+            one = cohort.options.select(torch.tensor([i], device=logits.device))
             try:
-                if text := row.decoder.push([token]):
-                    req.emit(text)
-            except BaseException as exc:  # the consumer's failure ends its own row only
-                row.finish("cancelled", exc)
-                continue
-            if req.completion_tokens >= req.max_new_tokens:
-                row.finish("length")
-                continue
-            keep.append(i)
-        if len(keep) < len(rows):
-            cohort.keep(keep)
+                tokens.append(int(sample(logits[i : i + 1], cohort.seen[i : i + 1], one)[0]))
+            except Exception:
+                tokens.append(FAILED)
+        cohort.options.step += 1
+        return torch.tensor(tokens, device=logits.device)
+
+    def _emit(self, row: _Row, token: int) -> bool:
+        """Hand one token to its row; whether the row goes on."""
+        req = row.request
+        if self._ended(row):
+            return False
+        if token == FAILED:
+            log.warning("%s: a reply had no valid next token (NaN or no candidate left); it alone ends", self.name)
+            row.finish("cancelled", generation_failed())
+            return False
+        req.completion_tokens += 1
+        if token == self.eos:
+            row.finish("stop")
+            return False
+        try:
+            if text := row.decoder.push([token]):
+                req.send(text)
+        except Exception as exc:  # the decoder's or the consumer's failure ends its own row only
+            row.finish("cancelled", _unexpected(exc, "streaming a reply"))
+            return False
+        if req.completion_tokens >= req.max_new_tokens:
+            row.finish("length")
+            return False
+        if req.make_room.is_set() and req.completion_tokens >= FAIR_SHARE_TOKENS:
+            row.finish("shared")
+            return False
+        return True

@@ -8,10 +8,10 @@ import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
-from inference.lanes import Lane, LeftQueue
+from inference.lanes import Lane, LeftQueue, Seat
 from inference.progress import Finished, Outcome, Queued, Status, Trimmed
 from inference.prompts import Message, Prompt, conversation
 from inference.registry import ModelSpec, Registry
@@ -26,6 +26,8 @@ class Backend(Protocol):
     holds the model for the request until ``release``. ``generate`` streams
     the reply to a prepared prompt (or to raw messages, preparing them itself)
     into ``emit``; once ``stop`` is set, it returns within one token step.
+    Once ``make_room`` is set, it may end the reply early (finish reason
+    ``shared``) so that waiting visitors get the model's place.
     """
 
     def prepare(
@@ -48,6 +50,7 @@ class Backend(Protocol):
         stop: threading.Event,
         *,
         report: Callable[[Status], None] | None = None,
+        make_room: threading.Event | None = None,
     ) -> Outcome | None: ...
 
 
@@ -193,117 +196,162 @@ class Inference:
         options: SamplingOptions,
         *,
         stop: threading.Event | None = None,
+        who: tuple[str, str] = ("", ""),
     ) -> AsyncIterator[str | Status]:
         """Yield the reply to ``message`` as text deltas that join to the whole reply.
 
         Before the first text it may yield a ``Status``: download or load
         progress, ``Trimmed`` when the oldest turns did not fit the context,
-        the queue position. Last, on every normal end, it yields ``Finished``.
-        Setting ``stop`` (owned by the caller) leaves the queue, or ends
-        generation within one token step; closing or cancelling this iterator
-        does the same. The first text is yielded at once; later text is
-        merged over ``flush_interval`` seconds.
+        the queue position, a wait for memory. Last, on every normal end, it
+        yields ``Finished``. Setting ``stop`` (owned by the caller) leaves the
+        queue, or ends generation within one token step; closing or
+        cancelling this iterator does the same. ``who`` (client address,
+        identity; opaque keys) is whom the model's places are shared between.
+        The first text is yielded at once; later text is merged over
+        ``flush_interval`` seconds.
         """
-        started = time.monotonic()
         spec = self.registry.get(model_id)
-        messages = conversation(spec.prompt_format, history, message)
-        backend = self._backend(spec)
-        stop = _Stop(stop)
-        loop = asyncio.get_running_loop()
-
-        def finished(outcome: Outcome | None, prompt: Prompt | None) -> Finished:
-            outcome = outcome or Outcome(len(prompt.ids) if prompt else 0, 0, "cancelled")
-            return Finished(
-                model_id=spec.id,
-                revision=outcome.revision or spec.revision,
-                prompt_tokens=outcome.prompt_tokens,
-                completion_tokens=outcome.completion_tokens,
-                seconds=time.monotonic() - started,
-                finish_reason=outcome.finish_reason,
-                dropped_turns=prompt.dropped_turns if prompt else 0,
-            )
-
-        # 1. The model made ready and the prompt prepared, before the lane.
-        mailbox = _Mailbox(loop)
-        preparing = self._prepare.submit(backend.prepare, spec, messages, options, report=mailbox.report)
-        preparing.add_done_callback(lambda _: mailbox.close())
-        # The model is held for this request from here until its reply has
-        # really ended, even when the visitor leaves early.
-        held = True
-
-        def let_go(_: object = None) -> None:
-            if preparing.exception() is None:
-                backend.release(spec)
-
+        reply = _Reply(self, spec, conversation(spec.prompt_format, history, message), options, stop, who)
         try:
-            while not mailbox.done:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(mailbox.wait(), STOP_POLL_S)
-                if status := mailbox.take_status():
-                    yield status
-                if stop.is_set() and not mailbox.done:
-                    yield finished(None, None)
-                    return
+            async for item in reply.run():
+                yield item
+        finally:
+            reply.end()
+
+
+class _Reply:
+    """One request's whole life: prepared, queued, generated, and each thing it held given back once.
+
+    What it holds, and until when: the model (from ``prepare`` until the
+    generation has really ended, even when the visitor leaves early) and a
+    place in the model's lane (from admission until the same moment). Both
+    are given back by ``_ended``, on whichever thread sees the work end.
+    """
+
+    def __init__(
+        self,
+        engine: Inference,
+        spec: ModelSpec,
+        messages: list[Message],
+        options: SamplingOptions,
+        stop: threading.Event | None,
+        who: tuple[str, str],
+    ) -> None:
+        self.engine, self.spec, self.messages, self.options = engine, spec, messages, options
+        self.backend = engine._backend(spec)
+        self.stop = _Stop(stop)
+        self.seat = Seat(*who)
+        self.started = time.monotonic()
+        self.prompt: Prompt | None = None
+        self.outcome: Outcome | None = None
+        self._preparing: Future[Prompt] | None = None
+        self._lane: Lane | None = None
+        self._working = False
+
+    def finished(self) -> Finished:
+        prompt = self.prompt
+        outcome = self.outcome or Outcome(len(prompt.ids) if prompt else 0, 0, "cancelled")
+        return Finished(
+            model_id=self.spec.id,
+            revision=outcome.revision or self.spec.revision,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            seconds=time.monotonic() - self.started,
+            finish_reason=outcome.finish_reason,
+            dropped_turns=prompt.dropped_turns if prompt else 0,
+        )
+
+    async def run(self) -> AsyncIterator[str | Status]:
+        loop = asyncio.get_running_loop()
+        # 1. The model made ready and the prompt prepared, before the lane, on a thread of the
+        # preparation pool: a visitor waiting for a download never holds up a loaded model's visitors.
+        mailbox = _Mailbox(loop)
+        self._preparing = self.engine._prepare.submit(
+            self.backend.prepare, self.spec, self.messages, self.options, report=mailbox.report
+        )
+        self._preparing.add_done_callback(lambda _: mailbox.close())
+        while not mailbox.done:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(mailbox.wait(), STOP_POLL_S)
             if status := mailbox.take_status():
                 yield status
-            prompt = preparing.result()
-            if prompt.dropped_turns:
-                yield Trimmed(prompt.dropped_turns)
+            if self.stop.is_set() and not mailbox.done:
+                yield self.finished()
+                return
+        if status := mailbox.take_status():
+            yield status
+        self.prompt = self._preparing.result()
+        if self.prompt.dropped_turns:
+            yield Trimmed(self.prompt.dropped_turns)
 
-            # 2. A place in the model's lane.
-            lane = self.lane(spec)
+        # 2. A place in the model's lane, shared fairly between callers.
+        lane = self.engine.lane(self.spec)
+        try:
+            async for position in lane.turn(self.stop, self.seat):
+                yield Queued(position)
+        except LeftQueue:
+            yield self.finished()
+            return
+        self._lane = lane
+
+        # 3. Generation on the backend's own thread (a loaded model's loop, or a remote stream);
+        # one waiter thread relays its end, and the text goes through the mailbox.
+        mailbox = _Mailbox(loop)
+        prompt = self.prompt
+
+        def work() -> None:
             try:
-                async for position in lane.turn(stop):
-                    yield Queued(position)
-            except LeftQueue:
-                yield finished(None, prompt)
+                if not self.stop.is_set():
+                    self.outcome = self.backend.generate(
+                        self.spec, prompt, self.options, mailbox.put, self.stop,
+                        report=mailbox.report, make_room=self.seat.make_room,
+                    )  # fmt: skip
+            except BaseException as exc:  # handed to the consumer, re-raised there
+                mailbox.close(exc)
+            else:
+                mailbox.close()
+            finally:
+                loop.call_soon_threadsafe(self._ended)
+
+        self._working = True
+        try:
+            self.engine._waiters.submit(work)
+        except BaseException:
+            self._working = False
+            raise
+        last = -math.inf
+        while True:
+            await mailbox.wait()
+            if status := mailbox.take_status():
+                yield status
+            delay = last + self.engine.flush_interval - loop.time()
+            if delay > 0 and not mailbox.done:
+                await asyncio.sleep(delay)
+            done = mailbox.done
+            if text := mailbox.take():
+                yield text
+                last = loop.time()
+            if done:
+                if mailbox.error is not None:
+                    raise mailbox.error
+                yield self.finished()
                 return
 
-            # 3. Generation: the backend's own thread does the work; a waiter thread relays it.
-            mailbox = _Mailbox(loop)
-            outcome: list[Outcome | None] = []
+    def end(self) -> None:
+        """The consumer is done (finished, failed or gone): stop the work; what it holds is given back when it ends."""
+        self.stop.set()
+        if not self._working:
+            self._ended()
 
-            def work() -> None:
-                try:
-                    if not stop.is_set():
-                        outcome.append(
-                            backend.generate(spec, prompt, options, mailbox.put, stop, report=mailbox.report)
-                        )
-                except BaseException as exc:  # handed to the consumer, re-raised there
-                    mailbox.close(exc)
-                else:
-                    mailbox.close()
+    def _ended(self) -> None:
+        """The work has really ended (or never began): give back the lane's place and the model, once each."""
+        if self._lane is not None:
+            self._lane.release(self.seat)
+            self._lane = None
+        preparing, self._preparing = self._preparing, None
+        if preparing is not None:
+            preparing.add_done_callback(self._let_go)
 
-            try:
-                job = self._waiters.submit(work)
-            except BaseException:
-                lane.release()
-                raise
-            # The slot and the model are given back when the work has really
-            # ended, not when the consumer leaves.
-            held = False
-            job.add_done_callback(lambda _: (loop.call_soon_threadsafe(lane.release), let_go()))
-            try:
-                last = -math.inf
-                while True:
-                    await mailbox.wait()
-                    if status := mailbox.take_status():
-                        yield status
-                    delay = last + self.flush_interval - loop.time()
-                    if delay > 0 and not mailbox.done:
-                        await asyncio.sleep(delay)
-                    done = mailbox.done
-                    if text := mailbox.take():
-                        yield text
-                        last = loop.time()
-                    if done:
-                        if mailbox.error is not None:
-                            raise mailbox.error
-                        yield finished(outcome[0] if outcome else None, prompt)
-                        return
-            finally:
-                stop.set()
-        finally:
-            if held:
-                stop.set()
-                preparing.add_done_callback(let_go)
+    def _let_go(self, preparing: Future[Prompt]) -> None:
+        if preparing.exception() is None:
+            self.backend.release(self.spec)

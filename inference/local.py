@@ -19,14 +19,19 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from inference import hub, memory, prompts, tiny
-from inference.batching import Batcher, Request
-from inference.errors import AppError, GenerationFailed, OutOfMemory
+from inference.batching import Batcher, DeviceBroken, Request, generation_failed
+from inference.errors import AppError, OutOfMemory
 from inference.progress import Downloading, FinishReason, Loading, Outcome, Status
 from inference.prompts import Message, Prompt
 from inference.registry import Architecture, ModelSpec
 from inference.sampling import SamplingOptions
 
 log = logging.getLogger(__name__)
+
+WATCH_S = 1.0
+"""How often the watchdog looks at each model's generation loop."""
+STALL_S = 60.0
+"""A loop with requests in hand that finishes no step for this long is taken to be stuck (``LLMJP_STALL_S``)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,9 @@ class _Slot:
     """None on ZeroGPU, where each reply runs in a GPU worker process instead."""
     revision: str | None
     bytes: int
+    kv_budget: int | None = None
+    """Cache positions its replies may hold together (``Need.kv_budget``); reserved beside other models."""
+    kv_bytes: int = 0
     users: int = 0
     """Requests running or waiting for this model; while any do, it is never unloaded."""
     used: float = 0.0
@@ -95,6 +103,7 @@ class TransformersBackend:
         offline: bool | Callable[[], bool] = False,
         max_batch: int = 8,
         hub_cache: Path | None = None,
+        stall_s: float = STALL_S,
     ) -> None:
         self.models_dir = models_dir
         self._token = hf_token
@@ -109,6 +118,8 @@ class TransformersBackend:
         self._arrivals: dict[str, _Arrival] = {}
         self._needs: dict[str, memory.Need] = {}
         self._lock = threading.Condition()
+        self.stall_s = stall_s
+        self._watchdog: threading.Thread | None = None
 
     def is_loaded(self, model_id: str) -> bool:
         """Whether ``model_id`` is in memory now."""
@@ -147,7 +158,7 @@ class TransformersBackend:
                 config = AutoConfig.from_pretrained(source)
             except (OSError, ValueError) as exc:
                 raise hub.explain(spec, exc) from exc
-            self._needs[spec.id] = memory.need(config, self._dtype(spec), spec.context)
+            self._needs[spec.id] = memory.need(config, self._dtype(spec), spec.context, rows=self.max_batch)
         return self._needs[spec.id]
 
     # -- holding models -------------------------------------------------------
@@ -208,16 +219,20 @@ class TransformersBackend:
         with self._lock:
             while len(self._slots) + len(self._arrivals) - 1 >= self._max_loaded and self._evict_idle():
                 pass
-            reserved = sum(a.bytes for a in self._arrivals.values())
+            reserved = self._reserved()
             while required.total > memory.free_bytes() - reserved and self._evict_idle():
-                pass
+                reserved = self._reserved()
             busy = [i for i, s in self._slots.items() if s.users]
             if len(self._slots) + len(self._arrivals) - 1 >= self._max_loaded:
                 raise memory.refuse_busy(spec.label, self._max_loaded, busy)
-            if required.total > (free := memory.free_bytes() - reserved):
+            if required.total > (free := memory.free_bytes() - self._reserved()):
                 raise memory.refuse(spec.label, required, free, busy=busy)
             arrival.bytes = required.total
         return self._load(spec, required, arrival.report)
+
+    def _reserved(self) -> int:
+        """Memory promised but not yet taken: models on their way, and the KV budgets of loaded ones."""
+        return sum(a.bytes for a in self._arrivals.values()) + sum(s.kv_bytes for s in self._slots.values())
 
     def _evict_idle(self) -> bool:
         """Unload the least recently used model no request holds; False when there is none."""
@@ -266,8 +281,64 @@ class TransformersBackend:
             raise hub.explain(spec, exc) from exc
         model.eval()
         loaded = Loaded(model=model, tokenizer=tokenizer)
-        batcher = None if memory.on_zero_gpu() else Batcher(model, tokenizer, max_batch=self.max_batch, name=spec.id)
-        return _Slot(loaded, batcher, revision, required.total)
+        with self._lock:
+            # What is free now that the weights are in, less what other loaded models may still claim.
+            free = memory.free_bytes() - sum(s.kv_bytes for s in self._slots.values())
+        budget = required.kv_budget(free)
+        slot = _Slot(loaded, None, revision, required.total, budget, budget * required.kv_per_token)
+        if not memory.on_zero_gpu():
+            slot.batcher = self._batcher(spec.id, slot)
+            self._watch()
+        return slot
+
+    def _batcher(self, model_id: str, slot: _Slot) -> Batcher:
+        model, tokenizer = slot.loaded.model, slot.loaded.tokenizer
+        return Batcher(model, tokenizer, max_batch=self.max_batch, name=model_id, kv_budget=slot.kv_budget)
+
+    # -- the watchdog -----------------------------------------------------------
+
+    def _watch(self) -> None:
+        with self._lock:
+            if self._watchdog is None or not self._watchdog.is_alive():
+                self._watchdog = threading.Thread(target=self._patrol, name="generation-watchdog", daemon=True)
+                self._watchdog.start()
+
+    def _patrol(self) -> None:
+        """Every ``WATCH_S``: a model whose loop has died or stalled has its replies ended and a fresh loop."""
+        while True:
+            time.sleep(WATCH_S)
+            try:
+                self.check()
+            except Exception:  # the watchdog itself must outlive any one check
+                log.exception("the generation watchdog's check failed")
+
+    def check(self) -> list[str]:
+        """Look at every model's loop once; restart those that died or stalled. The models restarted."""
+        restarted = []
+        with self._lock:
+            for model_id, slot in list(self._slots.items()):
+                batcher = slot.batcher
+                if batcher is None or not batcher.thread.ident:
+                    continue
+                dead = not batcher.thread.is_alive()
+                stalled = batcher.busy and time.monotonic() - batcher.progress_at > self.stall_s
+                if not (dead or stalled):
+                    continue
+                ended = batcher.abandon(generation_failed())
+                broken = isinstance(batcher.failure, DeviceBroken)
+                log.error(
+                    "%s: its generation loop %s; %d replies ended with a message; %s",
+                    model_id, "stalled" if stalled else "ended", ended,
+                    "the model is reloaded on its next request" if broken else "a fresh loop takes over",
+                )  # fmt: skip
+                if broken:
+                    del self._slots[model_id]  # nothing computed on that device state can be trusted
+                    self._free()
+                else:
+                    slot.batcher = self._batcher(model_id, slot)
+                restarted.append(model_id)
+            self._lock.notify_all()
+        return restarted
 
     @staticmethod
     def _free() -> None:
@@ -302,6 +373,7 @@ class TransformersBackend:
         stop: threading.Event,
         *,
         report: Callable[[Status], None] | None = None,
+        make_room: threading.Event | None = None,
     ) -> Outcome:
         """Generate a reply, passing each text delta to ``emit``; blocking until it has ended.
 
@@ -309,10 +381,10 @@ class TransformersBackend:
         ``Prompt`` from ``prepare`` comes with the hold its caller took.
         """
         if isinstance(messages, Prompt):
-            return self._reply(spec, messages, options, emit, stop)
+            return self._reply(spec, messages, options, emit, stop, report, make_room)
         prompt = self.prepare(spec, messages, options, report=report)
         try:
-            return self._reply(spec, prompt, options, emit, stop)
+            return self._reply(spec, prompt, options, emit, stop, report, make_room)
         finally:
             self.release(spec)
 
@@ -323,6 +395,8 @@ class TransformersBackend:
         options: SamplingOptions,
         emit: Callable[[str], None],
         stop: threading.Event,
+        report: Callable[[Status], None] | None = None,
+        make_room: threading.Event | None = None,
     ) -> Outcome:
         slot = self._slots.get(spec.id)
         if slot is None:
@@ -330,9 +404,15 @@ class TransformersBackend:
         if slot.batcher is None:
             completion, reason = self._generate_on_zero_gpu(spec, prompt, options, emit, stop)
         else:
-            request = Request(prompt.ids, options, prompt.max_new_tokens, emit, stop)
-            slot.batcher.submit(request)
-            request.done.wait()
+            request = Request(prompt.ids, options, prompt.max_new_tokens, emit, stop, report=report or _ignore)
+            if make_room is not None:
+                request.make_room = make_room
+            batcher = slot.batcher
+            batcher.submit(request)
+            # The watchdog answers a request whose loop dies or stalls; this wait is bounded on its own as well.
+            while not request.done.wait(WATCH_S):
+                if not batcher.thread.is_alive() and request.finish("cancelled", generation_failed()):
+                    break
             if request.error is not None:
                 raise self._explain(spec, request.error)
             completion, reason = request.completion_tokens, request.finish_reason
@@ -345,10 +425,7 @@ class TransformersBackend:
         if isinstance(exc, AppError):
             return exc
         log.error("generation failed for %s", spec.id, exc_info=exc)
-        return GenerationFailed(
-            f"生成中にエラーが発生しました({type(exc).__name__})。もう一度お試しください。",
-            f"Generation failed ({type(exc).__name__}). Please try again.",
-        )
+        return generation_failed()
 
     def _generate_on_zero_gpu(
         self,
@@ -375,7 +452,8 @@ class TransformersBackend:
                 emit(item)
         finally:
             deltas.close()
-        return 0, "length"
+        # The worker ended without its outcome (it died, or ZeroGPU ended it): never a silent empty reply.
+        raise generation_failed()
 
     def generate_alone(
         self,
@@ -441,6 +519,9 @@ def generate_on_gpu(
             deltas.put(backend.generate_alone(spec, prompt, options, deltas.put, stop))
         except AppError as exc:
             deltas.put(exc)
+        except BaseException as exc:  # the same boundary as the batching loop's: the visitor hears of it
+            log.error("generation failed on the GPU worker", exc_info=exc)
+            deltas.put(generation_failed())
         finally:
             deltas.put(None)
 

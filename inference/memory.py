@@ -28,16 +28,42 @@ HEADROOM = 1.10
 
 @dataclass(frozen=True)
 class Need:
-    """Bytes a model needs: weights and a full-context KV cache for one sequence."""
+    """Bytes a model needs: weights, and a full-context KV cache per reply for ``rows`` replies at once."""
 
     parameters: int
     weights: int
     kv_cache: int
+    """One reply at the model's whole context."""
+    rows: int = 1
+    """Replies generated together (``LLMJP_MAX_BATCH``)."""
+    context: int = 0
+    """The model's context, in tokens."""
+
+    @property
+    def kv_per_token(self) -> int:
+        """Cache bytes one position of one reply takes."""
+        return self.kv_cache // self.context if self.context else 0
 
     @property
     def total(self) -> int:
-        """With headroom for activations and allocator slack."""
+        """What loading takes at the least, with headroom for activations and allocator slack: one whole reply."""
         return int((self.weights + self.kv_cache) * HEADROOM)
+
+    @property
+    def planned(self) -> int:
+        """What a full batch takes: ``rows`` replies at the whole context, with headroom."""
+        return int((self.weights + self.kv_cache * self.rows) * HEADROOM)
+
+    def kv_budget(self, free: int) -> int:
+        """Cache positions (rows × length) the batch may hold, given ``free`` bytes after the weights are in.
+
+        At least one reply at the whole context (loading was refused otherwise),
+        at most ``rows`` of them.
+        """
+        if not self.kv_per_token:
+            return self.rows * self.context
+        fits = int(free / HEADROOM) // self.kv_per_token
+        return max(self.context, min(fits, self.rows * self.context))
 
 
 def parameter_count(config: PretrainedConfig) -> int:
@@ -73,8 +99,8 @@ def config_of(architecture: str, shape: Any, context: int) -> PretrainedConfig:
     return LlamaConfig(**llama)
 
 
-def need(config: PretrainedConfig, dtype: torch.dtype, context: int) -> Need:
-    """What loading ``config`` in ``dtype`` and generating up to ``context`` tokens takes."""
+def need(config: PretrainedConfig, dtype: torch.dtype, context: int, rows: int = 1) -> Need:
+    """What loading ``config`` in ``dtype`` and generating ``rows`` replies of up to ``context`` tokens takes."""
     text = config.get_text_config()
     parameters = parameter_count(config)
     size = torch.empty((), dtype=dtype).element_size()
@@ -82,7 +108,7 @@ def need(config: PretrainedConfig, dtype: torch.dtype, context: int) -> Need:
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     kv_cache = 2 * text.num_hidden_layers * kv_heads * head_dim * context * size
-    return Need(parameters=parameters, weights=parameters * size, kv_cache=kv_cache)
+    return Need(parameters=parameters, weights=parameters * size, kv_cache=kv_cache, rows=rows, context=context)
 
 
 def on_zero_gpu() -> bool:
@@ -145,7 +171,8 @@ def refuse(model_label: str, required: Need, free: int, busy: list[str] | None =
     """
     numbers = (
         f"{required.total / GB:.1f} GB (weights {required.weights / GB:.1f} GB, KV cache "
-        f"{required.kv_cache / GB:.1f} GB, plus headroom); {free / GB:.1f} GB free"
+        f"{required.kv_cache / GB:.1f} GB for one reply, plus headroom; {required.rows} replies at once: "
+        f"{required.planned / GB:.1f} GB); {free / GB:.1f} GB free"
     )
     if busy:
         names = ", ".join(busy)

@@ -48,6 +48,19 @@ class Loading(_Bytes):
 
 
 @dataclass(frozen=True)
+class WaitingForMemory:
+    """Admitted, but the model's memory for replies (its KV cache) is full: it starts when others end."""
+
+    position: int
+
+    def describe(self) -> str:
+        return (
+            f"メモリの空きを待っています({self.position} 番目)。ほかの返答が終わると始まります。"
+            f" / Waiting for memory (position {self.position}): it starts when other replies end."
+        )
+
+
+@dataclass(frozen=True)
 class Trimmed:
     """The conversation outgrew the model's context: its oldest turns are left out of the prompt."""
 
@@ -58,7 +71,8 @@ class Trimmed:
         return f"会話が長いため、古い {n} 発言を省いて送ります。 / The conversation is long: its oldest {n} turns are left out."
 
 
-FinishReason = Literal["stop", "length", "cancelled"]
+FinishReason = Literal["stop", "length", "cancelled", "shared"]
+"""``shared``: ended early so that visitors waiting for the model could be served (continue goes on)."""
 
 
 @dataclass(frozen=True)
@@ -96,4 +110,4 @@ class Outcome:
     dropped_turns: int = 0
 
 
-Status = Queued | Downloading | Loading | Trimmed | Finished
+Status = Queued | Downloading | Loading | WaitingForMemory | Trimmed | Finished

@@ -147,8 +147,12 @@ class RemoteBackend:
         stop: threading.Event,
         *,
         report: Callable[[Status], None] | None = None,
+        make_room: threading.Event | None = None,
     ) -> Outcome:
-        """Stream a reply from the model's server; closing the stream on stop makes the server abort it."""
+        """Stream a reply from the model's server; closing the stream on stop makes the server abort it.
+
+        ``make_room`` is not acted on: the server batches, and its places are its own to share.
+        """
         endpoint = spec.endpoint
         if endpoint is None:
             raise ValueError(f"{spec.id} has no endpoint")

@@ -26,13 +26,13 @@ def decode(model, cache, ids: torch.Tensor, mask: torch.Tensor, steps: int) -> t
     logits, where = [], []
     with torch.inference_mode():
         out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
-                    past_key_values=cache, use_cache=True)  # fmt: skip
+                    cache=cache, use_cache=True)  # fmt: skip
         for _ in range(steps):
             logits.append(out.logits[:, -1])
             where.append(cache.layers[0].keys.data_ptr())
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             out = model(input_ids=out.logits[:, -1].argmax(-1, keepdim=True), attention_mask=mask,
-                        position_ids=mask.sum(1, keepdim=True) - 1, past_key_values=cache, use_cache=True)  # fmt: skip
+                        position_ids=mask.sum(1, keepdim=True) - 1, cache=cache, use_cache=True)  # fmt: skip
     return logits, where
 
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from inference.errors import Busy
-from inference.lanes import Lane
+from inference.lanes import Lane, Seat
 
 
 async def enter(lane: Lane, name: str, log: list[tuple[str, int]]) -> None:
@@ -92,3 +92,70 @@ def test_a_batching_server_runs_several_at_once() -> None:
         return lane
 
     assert asyncio.run(scenario()).running == 3
+
+
+def test_four_busy_addresses_cannot_shut_out_a_fifth_visitor() -> None:
+    """Four addresses holding all they may (6 each: 8 running, 16 waiting); a fifth is queued and served."""
+
+    async def main() -> None:
+        lane = Lane(capacity=8, bound=16)
+        seats: dict[str, list[Seat]] = {}
+        outcomes: dict[str, str] = {}
+
+        async def visitor(name: str, address: str) -> None:
+            seat = Seat(address, f"id-{name}")
+            seats.setdefault(address, []).append(seat)
+            try:
+                async for _ in lane.turn(seat=seat):
+                    pass
+            except Busy:
+                outcomes[name] = "busy"
+                return
+            outcomes[name] = "running"
+            # A long reply: it runs until asked to make room (the batcher ends it at its fair share).
+            while not seat.make_room.is_set() and name != "fifth":
+                await asyncio.sleep(0.01)
+            outcomes[name] = "made room" if name != "fifth" else "served"
+            lane.release(seat)
+
+        tasks = [asyncio.create_task(visitor(f"{a}{i}", a)) for a in "ABCD" for i in range(6)]
+        await settle()
+        assert lane.running == 8 and lane.waiting == 16
+        fifth = asyncio.create_task(visitor("fifth", "E"))
+        await asyncio.wait_for(fifth, 5)
+        assert outcomes["fifth"] == "served"
+        # It took the place of a busiest address's newest waiting request, and one long reply made room.
+        assert list(outcomes.values()).count("busy") == 1
+        assert list(outcomes.values()).count("made room") >= 1
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def test_places_go_round_the_addresses_waiting() -> None:
+    """With one place, waiting requests are served one address after another, not in arrival order."""
+
+    async def main() -> None:
+        lane = Lane(capacity=1, bound=10)
+        order: list[str] = []
+        gate = asyncio.Event()
+
+        async def visitor(address: str) -> None:
+            seat = Seat(address, address)
+            async for _ in lane.turn(seat=seat):
+                pass
+            order.append(address)
+            await gate.wait()
+            lane.release(seat)
+
+        first = asyncio.create_task(visitor("A"))
+        await settle()
+        rest = [asyncio.create_task(visitor(a)) for a in "AAAB"]
+        await settle()
+        gate.set()
+        await asyncio.gather(first, *rest)
+        assert order[:3] == ["A", "B", "A"]
+
+    asyncio.run(main())

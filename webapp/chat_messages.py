@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from inference.progress import Downloading, Loading, Queued, Trimmed
+from inference.progress import Downloading, Loading, Queued, Trimmed, WaitingForMemory
 from webapp.i18n import pick, say
 
 Messages = list[dict[str, Any]]
@@ -91,6 +91,12 @@ def status_text(lang: str | None, item: object) -> str:
         return pick(lang, f"モデルを読み込んでいます({share})", f"Loading the model ({share})")
     if isinstance(item, Trimmed):
         return trimmed_text(lang, item.dropped_turns)
+    if isinstance(item, WaitingForMemory):
+        return pick(
+            lang,
+            f"メモリの空きを待っています({item.position} 番目)。ほかの返答が終わると始まります。",
+            f"Waiting for memory (position {item.position}): it starts when other replies end.",
+        )
     describe = getattr(item, "describe", None)
     return describe() if describe else ""
 
@@ -112,6 +118,8 @@ class Outcome:
     tokens: int = 0
     stopped: bool = False
     cut: bool = False
+    shared: bool = False
+    """Ended early so that visitors waiting for the model could be served."""
     dropped_turns: int = 0
 
 
@@ -122,7 +130,15 @@ def note_title(lang: str | None, o: Outcome) -> str:
         parts.append(f"{o.tokens} {say(lang, 'tokens')}")
         if o.seconds > 0:
             parts.append(f"{o.tokens / o.seconds:.1f} {say(lang, 'tok_s')}")
-    marks = [say(lang, "stopped")] if o.stopped else [say(lang, "cut")] if o.cut else []
+    marks = (
+        [say(lang, "stopped")]
+        if o.stopped
+        else [say(lang, "shared")]
+        if o.shared
+        else [say(lang, "cut")]
+        if o.cut
+        else []
+    )
     return " · ".join(marks + parts)
 
 

@@ -285,7 +285,8 @@ def _conclude(
         seconds=seconds,
         tokens=finished.completion_tokens if finished else 0,
         stopped=stopped or (finished is not None and finished.finish_reason == "cancelled"),
-        cut=finished is not None and finished.finish_reason == "length",
+        cut=finished is not None and finished.finish_reason in ("length", "shared"),
+        shared=finished is not None and finished.finish_reason == "shared",
         dropped_turns=dropped,
     )
     record |= {

@@ -236,7 +236,8 @@ class Handlers:
         options = await asyncio.to_thread(self._admit, caller, message, spec, sampling)
         with self.in_flight.hold(caller) as ticket:
             yield past, None
-            async for item in self.inference.stream(spec.id, past, message, options, stop=ticket.stop):
+            who = (caller.client_hash or "", caller.limit_key)  # the model's places go round these
+            async for item in self.inference.stream(spec.id, past, message, options, stop=ticket.stop, who=who):
                 yield past, item
             if ticket.withdrawn:
                 raise ReplyStopped()

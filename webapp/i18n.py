@@ -126,6 +126,10 @@ TEXTS: dict[str, tuple[str, str]] = {
     "generating": ("生成中…", "Generating…"),
     "stopped": ("⏹ 停止しました", "⏹ Stopped"),
     "cut": ("✂ 長さの上限で打ち切りました", "✂ Cut off at the length limit"),
+    "shared": (
+        "✂ 順番を待つ方がいるため区切りました(「続ける」で続きを生成)",
+        "✂ Paused for visitors waiting their turn (continue to go on)",
+    ),
     "tokens": ("トークン", "tokens"),
     "tok_s": ("トークン/秒", "tokens/s"),
     "busy": (
