@@ -144,7 +144,7 @@ def test_a_failure_in_one_row_ends_that_row_only(loaded, mode: str, monkeypatch,
         monkeypatch.setattr(batching_module, "sample", sample)
     expected = [alone(model, tokenizer, ids) for ids in healthy_ids]
     healthy = [Reply(ids) for ids in healthy_ids]
-    sick = Reply(prompt_ids(loaded, MESSAGES[4]) + [poison], sick_options, fails=mode == "consumer")
+    sick = Reply([*prompt_ids(loaded, MESSAGES[4]), poison], sick_options, fails=mode == "consumer")
     batcher = Batcher(model, tokenizer, start=False)
     for reply in [*healthy[:2], sick, *healthy[2:]]:  # together: prefilled as one group
         batcher.submit(reply.request)
