@@ -220,6 +220,14 @@ class ModelSpec:
         return self.parameters * DTYPE_BYTES[self.dtype]
 
     @property
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache memory one position of one reply takes, in the checkpoint's dtype."""
+        shape = self.shape
+        return (
+            2 * shape.layers * (shape.kv_heads or shape.heads) * (shape.hidden // shape.heads) * DTYPE_BYTES[self.dtype]
+        )
+
+    @property
     def size_label(self) -> str:
         """Parameters in words, with the active share of a mixture of experts, for the model list."""
         total = _billions(self.parameters)

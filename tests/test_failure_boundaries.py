@@ -303,3 +303,43 @@ def test_the_watchdog_ends_the_replies_of_a_dead_or_stuck_loop_and_starts_a_fres
     release.set()
     items, error = stream(inference, "次の方", SamplingOptions(temperature=0, max_new_tokens=8))
     assert error is None and isinstance(items[-1], Finished) and items[-1].completion_tokens > 0
+
+
+def test_four_addresses_asking_all_they_may_leave_a_place_for_a_fifth_visitor(models_dir: Path) -> None:
+    """24 long replies from 4 addresses fill the batch (8) and the queue (16); a fifth visitor's chat is served."""
+    backend = TransformersBackend(models_dir=models_dir, max_loaded=2)
+    inference = Inference(REGISTRY, backend, max_batch=8, max_queue=16)
+    backend.load(REGISTRY.get("tiny-llama"))
+    backend._slots["tiny-llama"].batcher.eos = -1  # random weights: only their length ends the long replies
+    long = SamplingOptions(temperature=0, max_new_tokens=2048)
+
+    async def main() -> tuple[list, list]:
+        stops = [threading.Event() for _ in range(24)]
+
+        async def greedy(i: int):
+            items = []
+            try:
+                async for item in inference.stream(
+                    "tiny-llama", [], f"長い話 {i}", long, stop=stops[i], who=(f"addr-{i % 4}", f"id-{i % 12}")
+                ):
+                    items.append(item)
+            except AppError as exc:
+                return exc
+            return items[-1]
+
+        crowd = [asyncio.create_task(greedy(i)) for i in range(24)]
+        lane = inference.lane(REGISTRY.get("tiny-llama"))
+        while lane.waiting < 16:
+            await asyncio.sleep(0.01)
+        short = SamplingOptions(temperature=0, max_new_tokens=8)
+        fifth = [
+            item async for item in inference.stream("tiny-llama", [], "こんにちは", short, who=("addr-new", "id-new"))
+        ]
+        for stop in stops:
+            stop.set()
+        return fifth, await asyncio.gather(*crowd)
+
+    fifth, crowd = asyncio.run(asyncio.wait_for(main(), 60))
+    assert isinstance(fifth[-1], Finished) and fifth[-1].completion_tokens == 8
+    assert any(isinstance(c, Finished) and c.finish_reason == "shared" for c in crowd)  # one made room
+    assert sum(isinstance(c, AppError) for c in crowd) == 1  # the place it took in the full queue

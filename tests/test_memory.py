@@ -110,3 +110,27 @@ def test_out_of_memory_while_generating_is_told_apart_and_the_backend_recovers(m
     chunks: list[str] = []
     backend.generate(spec("tiny-llama"), messages, SamplingOptions(max_new_tokens=8), chunks.append, threading.Event())
     assert chunks  # still serving
+
+
+def test_the_kv_cache_is_planned_for_the_whole_batch() -> None:
+    """Eight 13b replies at a 4,096 context hold about 27 GB of cache, not the 3.4 GB of one."""
+    need = memory.need(LLMJP_13B, torch.bfloat16, context=4096, rows=8)
+    assert need.kv_cache * 8 / memory.GB == pytest.approx(26.8, abs=0.1)
+    assert need.planned == int((need.weights + 8 * need.kv_cache) * memory.HEADROOM) > need.total
+    # The budget in cache positions: at least one whole reply, at most eight, as memory allows.
+    assert need.kv_budget(free=0) == 4096
+    assert need.kv_budget(free=10**15) == 8 * 4096
+    assert need.kv_budget(free=int(2 * need.kv_cache * memory.HEADROOM) + 1) == 2 * 4096
+    message = str(memory.refuse("LLM-jp-3.1 13B", need, 20 * memory.GB))
+    assert "8 replies at once" in message and f"{need.planned / memory.GB:.1f} GB" in message
+
+
+def test_models_lists_what_each_model_needs(models_dir) -> None:
+    from inference import CHECKPOINTS, Registry
+    from webapp.models_info import catalogue
+
+    listed = {m["id"]: m["memory"] for m in catalogue(Registry.of(CHECKPOINTS), batch=8)}
+    m13 = listed["llm-jp-3.1-13b-instruct4"]
+    need = memory.need(LLMJP_13B, torch.bfloat16, context=4096, rows=8)
+    assert m13["kv_cache_bytes_per_reply"] == need.kv_cache and m13["batch"] == 8
+    assert m13["kv_cache_bytes_for_batch"] == 8 * need.kv_cache

@@ -280,7 +280,7 @@ class Handlers:
     def models(self) -> list[dict[str, Any]]:
         """The offered models: id, label, architecture, dense or MoE, context, licence, default sampling, loaded."""
         is_loaded = getattr(self.inference.backend, "is_loaded", None)
-        return catalogue(self.inference.registry, is_loaded)
+        return catalogue(self.inference.registry, is_loaded, self.inference.max_batch)
 
     def needs_acknowledgement(
         self, model_id: str, receipt: str | None, request: gr.Request, profile: gr.OAuthProfile | None

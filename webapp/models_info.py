@@ -21,8 +21,9 @@ def chat_defaults(spec: ModelSpec) -> SamplingOptions:
     return card.model_copy(update={"max_new_tokens": longest})
 
 
-def describe(spec: ModelSpec, *, loaded: bool) -> dict[str, Any]:
-    """One model, as the ``/models`` endpoint lists it."""
+def describe(spec: ModelSpec, *, loaded: bool, batch: int = 1) -> dict[str, Any]:
+    """One model, as the ``/models`` endpoint lists it; ``batch`` replies are generated together."""
+    reply_kv = spec.kv_bytes_per_token * spec.context
     return {
         "id": spec.id,
         "label": spec.label,
@@ -40,9 +41,17 @@ def describe(spec: ModelSpec, *, loaded: bool) -> dict[str, Any]:
         "card_sampling": spec.sampling.model_dump(exclude={"seed"}),
         "default_sampling": chat_defaults(spec).model_dump(exclude={"seed"}),
         "loaded": loaded,
+        # What serving it takes where it runs in the checkpoint's dtype (a GPU): the batch's KV cache
+        # bounds how many replies run at once.
+        "memory": {
+            "weights_bytes": spec.weights_bytes,
+            "kv_cache_bytes_per_reply": reply_kv,
+            "batch": batch,
+            "kv_cache_bytes_for_batch": reply_kv * batch,
+        },
     }
 
 
-def catalogue(registry: Registry, is_loaded: Any = None) -> list[dict[str, Any]]:
+def catalogue(registry: Registry, is_loaded: Any = None, batch: int = 1) -> list[dict[str, Any]]:
     """Every offered model, in display order; ``is_loaded(model_id)`` tells which are in memory."""
-    return [describe(s, loaded=bool(is_loaded and is_loaded(s.id))) for s in registry.specs.values()]
+    return [describe(s, loaded=bool(is_loaded and is_loaded(s.id)), batch=batch) for s in registry.specs.values()]
