@@ -7,6 +7,7 @@ what ZeroGPU would pickle between processes is pickled.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import threading
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from inference import SamplingOptions, memory
-from inference.errors import Busy, InvalidInput, OutOfMemory, UnknownModel
+from inference.errors import Busy, GenerationFailed, InvalidInput, OutOfMemory, UnknownModel
 from inference.local import TransformersBackend, generate_on_gpu, zero_gpu_seconds
 from inference.prompts import conversation
 from inference.registry import TINY_MODELS
@@ -76,3 +77,33 @@ def test_zero_gpu_path_stops_and_keeps_errors_bilingual(models_dir: Path, zero_g
     assert not [t for t in threading.enumerate() if t.name == "zero-gpu-generate"]  # the worker ended
     with pytest.raises(InvalidInput, match=r"会話が長すぎます.*too long"):
         reply(backend, SamplingOptions(max_new_tokens=4), message="富" * 5000)
+
+
+@pytest.mark.parametrize("where", ["step", "loop"])
+def test_zero_gpu_path_keeps_the_same_failure_boundaries(models_dir: Path, zero_gpu: None, where: str) -> None:
+    """A failure in the GPU worker reaches the visitor as the bilingual message; the next reply is served."""
+    backend = TransformersBackend(models_dir=models_dir)
+    loaded = backend.load(LLAMA)
+    real = loaded.model
+    failing = threading.Event()
+    failing.set()
+
+    class Failing:
+        forward = real.forward
+
+        def __getattr__(self, name: str):
+            return getattr(real, name)
+
+        def __call__(self, **kwargs):
+            if failing.is_set() and kwargs["input_ids"].shape[1] == 1:
+                # "step": an error a row boundary takes; "loop": a CUDA error, which ends the whole call.
+                raise RuntimeError("injected" if where == "step" else "CUDA error: device-side assert triggered")
+            return real(**kwargs)
+
+    backend._slots[LLAMA.id].loaded = dataclasses.replace(loaded, model=Failing())
+    with pytest.raises(GenerationFailed) as failed:
+        reply(backend, SamplingOptions(temperature=0, max_new_tokens=8))
+    assert failed.value.ja == "生成に失敗しました。もう一度お試しください。"
+    assert failed.value.en == "Generation failed. Please try again."
+    failing.clear()
+    assert reply(backend, SamplingOptions(temperature=0, max_new_tokens=8))
