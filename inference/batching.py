@@ -507,8 +507,9 @@ class Batcher:
     def _advance(self, cohort: Cohort, logits: torch.Tensor) -> None:
         """Pick each row's next token, stream it, and let finished rows leave (one host sync)."""
         tokens = self._pick(cohort, logits)
-        cohort.seen[torch.arange(len(cohort.rows), device=tokens.device), tokens.clamp(min=0)] = True
         cohort.last = tokens.clamp(min=0)
+        if cohort.options.penalising:
+            cohort.seen[torch.arange(len(cohort.rows), device=tokens.device), cohort.last] = True
         keep: list[int] = []
         for i, (row, token) in enumerate(zip(cohort.rows, tokens.tolist(), strict=True)):
             if self._emit(row, token):

@@ -56,6 +56,7 @@ class RowOptions:
     step: torch.Tensor  # [rows] int64: draws made so far
     filtering: bool  # whether any sampled row filters (top-k or top-p): the sort is skipped otherwise
     sampling: bool  # whether any row samples at all
+    penalising: bool  # whether any row has a repetition penalty: otherwise ``seen`` is neither read nor kept
 
     @classmethod
     def of(cls, options: Sequence[SamplingOptions], device: torch.device | str) -> RowOptions:
@@ -70,13 +71,14 @@ class RowOptions:
             step=torch.zeros(len(options), dtype=torch.int64, device=device),
             filtering=any(o.temperature > 0 and (o.top_k > 0 or o.top_p < 1) for o in options),
             sampling=any(o.temperature > 0 for o in options),
+            penalising=any(o.repetition_penalty != 1 for o in options),
         )
 
     def select(self, index: torch.Tensor) -> RowOptions:
         """The rows at ``index``, in that order."""
         return RowOptions(
             self.temperature[index], self.top_p[index], self.top_k[index], self.penalty[index],
-            self.seed[index], self.step[index], self.filtering, self.sampling,
+            self.seed[index], self.step[index], self.filtering, self.sampling, self.penalising,
         )  # fmt: skip
 
     def cat(self, other: RowOptions) -> RowOptions:
@@ -85,7 +87,7 @@ class RowOptions:
             torch.cat([self.temperature, other.temperature]), torch.cat([self.top_p, other.top_p]),
             torch.cat([self.top_k, other.top_k]), torch.cat([self.penalty, other.penalty]),
             torch.cat([self.seed, other.seed]), torch.cat([self.step, other.step]),
-            self.filtering or other.filtering, self.sampling or other.sampling,
+            self.filtering or other.filtering, self.sampling or other.sampling, self.penalising or other.penalising,
         )  # fmt: skip
 
 
@@ -96,15 +98,13 @@ def sample(logits: torch.Tensor, seen: torch.Tensor, rows: RowOptions) -> torch.
     marks the tokens present so far (for the repetition penalty).
     """
     x = logits.float()
-    failed = x.isnan().any(-1)
-    x = x.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
-    # Repetition penalty as transformers applies it: divide positive logits, multiply negative ones.
-    x = torch.where(seen, torch.where(x < 0, x * rows.penalty, x / rows.penalty), x)
-    # +inf means certainty: the row chooses among its +inf tokens only.
-    certain = x.isposinf()
-    x = torch.where(certain.any(-1, keepdim=True), torch.where(certain, 0.0, -math.inf), x)
+    if rows.penalising:
+        # As transformers applies it: divide positive logits, multiply negative ones.
+        x = torch.where(seen, torch.where(x < 0, x * rows.penalty, x / rows.penalty), x)
+    # The largest logit is NaN where any is (torch.max propagates NaN), -inf where nothing is left,
+    # +inf where some token is certain (greedy then picks it).
     best, greedy = x.max(-1)
-    failed |= best.isneginf()
+    failed = best.isnan() | best.isneginf()
     tokens = greedy
     if rows.sampling:
         tokens = torch.where(rows.temperature > 0, _draw(x, best, rows), greedy)
@@ -114,6 +114,9 @@ def sample(logits: torch.Tensor, seen: torch.Tensor, rows: RowOptions) -> torch.
 
 def _draw(x: torch.Tensor, best: torch.Tensor, rows: RowOptions) -> torch.Tensor:
     """A token drawn from each row's tempered, filtered distribution (greedy rows draw too; their draw is unused)."""
+    # +inf means certainty: such a row chooses among its +inf tokens only.
+    certain = best.isposinf().unsqueeze(1)
+    x = torch.where(certain, torch.where(x.isposinf(), 0.0, -math.inf), x)
     # Shifted so the largest logit is 0 before dividing: no temperature can overflow it.
     shift = torch.where(best.isfinite(), best, 0.0).unsqueeze(1)
     temperature = torch.where(rows.temperature > 0, rows.temperature, 1.0).unsqueeze(1)
