@@ -109,6 +109,7 @@ def _local_backend(settings: Settings, reachable: hub.Reachability) -> Backend:
         offline=lambda: settings.offline or not reachable(),
         max_batch=settings.max_batch,
         hub_cache=settings.hub_cache,
+        stall_s=settings.stall_s,
     )
 
 

@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         16, ge=0, le=10_000, description="Requests that may wait per model server; more are told it is busy."
     )
+    stall_s: float = Field(
+        60.0,
+        ge=1.0,
+        le=3600.0,
+        description="A model's generation loop that finishes no step for this long, with replies in hand, "
+        "is taken to be stuck: its replies end with a message and a fresh loop takes over.",
+    )
     remote_models: dict[str, RemoteModel] = Field(
         default_factory=dict,
         description='Registry ids served by OpenAI-compatible servers, as JSON: {"llm-jp-3.1-8x13b-instruct4": {"base_url": "http://gpu-1:8000/v1"}}.',
