@@ -48,6 +48,19 @@ class Loading(_Bytes):
 
 
 @dataclass(frozen=True)
+class Starting:
+    """The model's engine process (vLLM) is starting: loading weights, warming up."""
+
+    engine: str
+    seconds: float
+    """Since the start began."""
+
+    def describe(self) -> str:
+        s = f"{self.seconds:.0f}"
+        return f"推論エンジン({self.engine})を起動しています({s} 秒)。 / Starting the {self.engine} engine ({s} s)."
+
+
+@dataclass(frozen=True)
 class Trimmed:
     """The conversation outgrew the model's context: its oldest turns are left out of the prompt."""
 
@@ -96,4 +109,4 @@ class Outcome:
     dropped_turns: int = 0
 
 
-Status = Queued | Downloading | Loading | Trimmed | Finished
+Status = Queued | Downloading | Loading | Starting | Trimmed | Finished
