@@ -86,6 +86,19 @@ async def _through_app(url: str, receipts: list[str]) -> list[tuple[float, float
         return await asyncio.gather(*(one(client, i, r) for i, r in enumerate(receipts)))
 
 
+def _engine_port(app: psutil.Process, timeout: float = 120) -> int:
+    """The port the app's engine process listens on, once it does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in app.children(recursive=True):
+            if str(STANDIN) in " ".join(child.cmdline()):
+                for c in child.net_connections("tcp"):
+                    if c.status == psutil.CONN_LISTEN:
+                        return c.laddr.port
+        time.sleep(0.2)
+    raise TimeoutError("the engine did not start")
+
+
 def _cpu(process: psutil.Process) -> float:
     times = process.cpu_times()
     return times.user + times.system
@@ -104,12 +117,7 @@ def rows(data_dir: Path, visitors: tuple[int, ...] = FULL) -> list[Row]:
     )  # fmt: skip
     try:
         proc = psutil.Process(app.process.pid)
-        deadline = time.monotonic() + 120
-        while not (engines := [p for p in proc.children(recursive=True) if str(STANDIN) in " ".join(p.cmdline())]):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the engine did not start")
-            time.sleep(0.2)
-        port = next(c.laddr.port for c in engines[0].net_connections("tcp") if c.status == psutil.CONN_LISTEN)
+        port = _engine_port(proc)
         with ThreadPoolExecutor(16) as pool:
             receipts = list(pool.map(lambda _: _accept(app.url), range(max(visitors))))
         asyncio.run(_through_app(app.url, receipts[:2]))  # warm-up: the engine's first requests, the tokenizer

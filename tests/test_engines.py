@@ -308,3 +308,20 @@ def test_the_app_serves_through_its_engine_and_leaves_no_process_behind(tmp_path
         if app.poll() is None:
             app.kill()
             app.wait()
+
+
+def test_the_note_and_the_status_name_the_engine() -> None:
+    """Each reply's note says which engine wrote it; the waiting visitor reads that the engine is starting."""
+    from webapp.chat_messages import note_body, status_text
+
+    record = {
+        "model_id": "tiny-llama",
+        "engine": "vllm",
+        "revision": None,
+        "started_at": "2025-01-01T00:00:00",
+        "sampling": OPTIONS.model_dump(),
+    }
+    assert "engine: vLLM" in note_body("en", record)
+    assert "engine: transformers" in note_body("ja", record | {"engine": "transformers"})
+    assert status_text("ja", Starting("vLLM", 12.3)) == "推論エンジン(vLLM)を起動しています(12 秒)"
+    assert status_text("en", Starting("vLLM", 12.3)) == "Starting the vLLM engine (12 s)"
