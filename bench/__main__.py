@@ -15,11 +15,10 @@ import torch
 import transformers
 from gradio_client import Client
 
-from bench import batching, gate, models, server, serving, streaming
+from bench import batching, gate, gpu, models, relay, server, serving, streaming
 from bench.stats import Row, Sample, table
 
 ROOT = Path(__file__).resolve().parents[1]
-NOT_MEASURED = "not measured: no GPU was available to this run"
 
 
 def machine() -> str:
@@ -161,18 +160,7 @@ def startup_rows(data_dir: Path, runs: int) -> list[Row]:
     return rows
 
 
-def gpu_rows() -> list[Row]:
-    if torch.cuda.is_available():
-        return [Row("5. GPU rows", "run bench/gpu.py on the GPU machine", "", "", "", None)]
-    return [
-        Row("5a. 1.8b shape, bf16: backend vs generate() vs bandwidth floor", NOT_MEASURED, "", "", "≥ 50% of floor", None),
-        Row("5b. 13b shape, bf16: backend vs generate() vs bandwidth floor", NOT_MEASURED, "", "", "(reported)", None),
-        Row("5c. 8x13b MoE shape, 8 of 40 layers: activated-parameter cost", NOT_MEASURED, "", "", "(reported)", None),
-        Row("5d. 8 concurrent users, aggregate tok/s", NOT_MEASURED, "", "", "(reported)", None),
-    ]  # fmt: skip
-
-
-SECTIONS = ("streaming", "gate", "startup", "batching", "concurrency", "models", "real")
+SECTIONS = ("streaming", "gate", "startup", "batching", "concurrency", "models", "real", "relay", "gpu")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma-separated, of: {', '.join(SECTIONS)} (default: all)"
     )
+    parser.add_argument("--smoke", action="store_true", help="gpu section: tiny shapes on the CPU (the tests run it)")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
     if unknown := set(chosen) - set(SECTIONS):
@@ -210,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             "models": lambda: serving.two_models_rows(data_dir) + serving.download_rows(data_dir),
             # Each run of the real shape is one pair (about 25 s): more pairs, a steadier ratio.
             "real": lambda: serving.real_shape_rows(data_dir, min(args.runs, 7)),
+            "relay": lambda: relay.rows(data_dir),
+            "gpu": lambda: gpu.rows(data_dir, smoke=args.smoke),
         }
         for name, measure in sections.items():
             if name not in chosen:
@@ -218,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
                 rows += measure()
             except Exception as exc:  # one section failing must not lose the others' rows
                 rows.append(Row(f"{name}: failed", f"{type(exc).__name__}: {exc}"[:200], "", "", "", False))
-        rows += gpu_rows()
 
     result = table(rows)
     print(result)

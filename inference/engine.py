@@ -141,7 +141,8 @@ class Inference:
     Each model served here has its own lane, ``max_batch`` wide: that many of
     its requests are generated together, batched by the backend. Each remote
     server (``spec.endpoint``) has its own lane, ``remote_concurrency`` wide,
-    since it batches requests itself. Every lane queues at most ``max_queue``
+    since it batches requests itself; so does each engine process the app
+    starts (``spec.engine``: ``inference.engines``). Every lane queues at most ``max_queue``
     requests in arrival order and refuses more with ``Busy``. Preparing a
     request (a download or a load of its model, rendering and tokenising its
     prompt) happens before its lane, on threads of its own, so a visitor
@@ -154,6 +155,7 @@ class Inference:
         backend: Backend,
         *,
         remote: Backend | None = None,
+        engines: Backend | None = None,
         max_queue: int = 16,
         max_batch: int = 8,
         remote_concurrency: int = 16,
@@ -162,6 +164,7 @@ class Inference:
         self.registry = registry
         self.backend = backend
         self.remote = remote
+        self.engines = engines
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.remote_concurrency = remote_concurrency
@@ -175,13 +178,19 @@ class Inference:
 
     def lane(self, spec: ModelSpec) -> Lane:
         """The queue ``spec``'s requests wait in."""
-        key = spec.endpoint.base_url if spec.endpoint else f"local:{spec.id}"
+        # An engine process batches like a remote server (vLLM): it gets a remote server's width.
+        served = spec.endpoint is not None or spec.engine is not None
+        key = spec.endpoint.base_url if spec.endpoint else f"engine:{spec.id}" if spec.engine else f"local:{spec.id}"
         if key not in self._lanes:
-            capacity = self.remote_concurrency if spec.endpoint else self.max_batch
+            capacity = self.remote_concurrency if served else self.max_batch
             self._lanes[key] = Lane(capacity, self.max_queue)
         return self._lanes[key]
 
     def _backend(self, spec: ModelSpec) -> Backend:
+        if spec.endpoint is None and spec.engine is not None:
+            if self.engines is None:
+                raise ValueError(f"{spec.id} is to be served by an engine process but no engines are configured")
+            return self.engines
         if spec.endpoint is None:
             return self.backend
         if self.remote is None:

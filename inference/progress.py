@@ -61,6 +61,19 @@ class WaitingForMemory:
 
 
 @dataclass(frozen=True)
+class Starting:
+    """The model's engine process (vLLM) is starting: loading weights, warming up."""
+
+    engine: str
+    seconds: float
+    """Since the start began."""
+
+    def describe(self) -> str:
+        s = f"{self.seconds:.0f}"
+        return f"推論エンジン({self.engine})を起動しています({s} 秒)。 / Starting the {self.engine} engine ({s} s)."
+
+
+@dataclass(frozen=True)
 class Trimmed:
     """The conversation outgrew the model's context: its oldest turns are left out of the prompt."""
 
@@ -110,4 +123,4 @@ class Outcome:
     dropped_turns: int = 0
 
 
-Status = Queued | Downloading | Loading | WaitingForMemory | Trimmed | Finished
+Status = Queued | Downloading | Loading | Starting | WaitingForMemory | Trimmed | Finished

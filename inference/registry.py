@@ -197,6 +197,9 @@ class ModelSpec:
     """A random-weight model of the real architecture, built locally for offline use."""
     endpoint: Endpoint | None = None
     """Set when the model runs on a remote server instead of this machine."""
+    engine: Server | None = None
+    """Set when this machine serves the model through a server process the app starts and watches
+    (``inference.engines``: vLLM on a GPU); None: this process's transformers loop."""
     revision: str | None = None
     """The hub commit (or branch, or tag) to load; the newest on the main branch when unset."""
 

@@ -60,6 +60,8 @@ def request_body(endpoint: Endpoint, options: SamplingOptions, max_tokens: int, 
     seed = {} if options.seed is None else {"seed": options.seed}
     return {
         "max_tokens": max_tokens,
+        # The last chunk then carries the server's own token counts: the reply's statistics.
+        "stream_options": {"include_usage": True},
         "temperature": options.temperature,  # vLLM decodes greedily at 0
         "top_p": options.top_p,
         **seed,
@@ -160,7 +162,7 @@ class RemoteBackend:
         tok = self.tokenizer(spec)
         text = _strip_added_bos(tok, prompt.text) if endpoint.server is Server.TRANSFORMERS else prompt.text
         body = request_body(endpoint, options, prompt.max_new_tokens, tok.eos_token_id, tok.pad_token_id)
-        reply, reason = [], "length"
+        reply, reason, usage = [], "length", None
         try:
             stream = self._client(endpoint).completions.create(model=endpoint.model, prompt=text, stream=True, **body)
             with stream:
@@ -169,6 +171,7 @@ class RemoteBackend:
                         # Leaving the block closes the connection; the server aborts the request.
                         reason = "cancelled"
                         break
+                    usage = chunk.usage or usage
                     if not chunk.choices:
                         continue
                     reason = chunk.choices[0].finish_reason or reason
@@ -179,10 +182,12 @@ class RemoteBackend:
                         emit(delta)
         except openai.APIError as exc:
             raise _explain(spec, exc) from exc
-        # The servers stream text, not ids: the reply's length is measured with the same tokenizer.
-        completion = len(tok("".join(reply), add_special_tokens=False).input_ids)
         finish = reason if reason in ("stop", "length", "cancelled") else "stop"
-        return Outcome(len(prompt.ids), completion, finish, spec.revision, prompt.dropped_turns)  # type: ignore[arg-type]
+        if usage is not None:  # vLLM counts what it generated
+            counts = (usage.prompt_tokens, usage.completion_tokens)
+        else:  # a server without usage (or a stopped reply): measured here with the same tokenizer
+            counts = (len(prompt.ids), len(tok("".join(reply), add_special_tokens=False).input_ids))
+        return Outcome(*counts, finish, spec.revision, prompt.dropped_turns)  # type: ignore[arg-type]
 
 
 def _explain(spec: ModelSpec, exc: openai.APIError) -> AppError:

@@ -168,6 +168,7 @@ def test_request_shapes_for_each_server() -> None:
     vllm = request_body(Endpoint(base_url="http://x/v1", model="m"), options, 50, eos=2, pad=None)
     assert vllm == {
         "max_tokens": 50,
+        "stream_options": {"include_usage": True},
         "temperature": 0.7,
         "top_p": 0.9,
         "extra_body": {"top_k": -1, "repetition_penalty": 1.1, "add_special_tokens": False},

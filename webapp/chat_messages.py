@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from inference.progress import Downloading, Loading, Queued, Trimmed, WaitingForMemory
+from inference.progress import Downloading, Loading, Queued, Starting, Trimmed, WaitingForMemory
 from webapp.i18n import pick, say
 
 Messages = list[dict[str, Any]]
@@ -89,6 +89,11 @@ def status_text(lang: str | None, item: object) -> str:
     if isinstance(item, Loading):
         share = f"{item.fraction:.0%}" if item.fraction is not None else "…"
         return pick(lang, f"モデルを読み込んでいます({share})", f"Loading the model ({share})")
+    if isinstance(item, Starting):
+        s = f"{item.seconds:.0f}"
+        return pick(
+            lang, f"推論エンジン({item.engine})を起動しています({s} 秒)", f"Starting the {item.engine} engine ({s} s)"
+        )
     if isinstance(item, Trimmed):
         return trimmed_text(lang, item.dropped_turns)
     if isinstance(item, WaitingForMemory):
@@ -142,12 +147,16 @@ def note_title(lang: str | None, o: Outcome) -> str:
     return " · ".join(marks + parts)
 
 
+ENGINE_NAMES = {"vllm": "vLLM", "transformers": "transformers"}
+
+
 def note_body(lang: str | None, record: dict[str, Any]) -> str:
     """What the note shows when opened: the exact settings behind the reply."""
     s = record["sampling"]
     seed = s.get("seed")
     rows = [
         f"model: `{record['model_id']}`" + (f" (revision `{record['revision']}`)" if record.get("revision") else ""),
+        f"engine: {ENGINE_NAMES.get(record.get('engine', ''), record.get('engine', '?'))}",
         "sampling: "
         + ", ".join(f"{k}={s[k]}" for k in ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")),
         f"seed: {seed if seed is not None else pick(lang, 'なし(ランダム)', 'none (random)')}",

@@ -39,6 +39,7 @@ from webapp.chat_messages import (
 )
 from webapp.handlers import Handlers
 from webapp.i18n import pick, say
+from webapp.models_info import engine_of
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,7 @@ class ReplyStreams:
         record: dict[str, Any] = {
             "model_id": spec.id,
             "model_label": spec.label,
+            "engine": engine_of(spec),
             "revision": None,
             "sampling": SamplingOptions.parse(**s.sampling).model_dump(),  # as admitted
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),

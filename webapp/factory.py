@@ -5,13 +5,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import threading
+from pathlib import Path
 
 import gradio as gr
 
 from db.engine import make_engine, session_factory, upgrade
 from inference import CHECKPOINTS, TINY_MODELS, Backend, Inference, ModelSpec, Registry, hub
+from inference import engines as engine_processes
 from inference.lazy import Deferred
-from inference.registry import DEFAULT_TINY_MODEL, Architecture, Endpoint
+from inference.registry import DEFAULT_TINY_MODEL, Architecture, Endpoint, Server
 from webapp import ui
 from webapp.admin import Admin
 from webapp.consent import Gate
@@ -50,6 +53,9 @@ def catalog(settings: Settings, reachable: hub.Reachability | None = None) -> Re
             mode
         ]
     offered = {s.id for s in specs}
+    engine = engine_processes.choose(
+        settings.engine, python=settings.engine_python, custom_command=bool(settings.engine_command)
+    )
     for name, table in (
         ("LLMJP_MODEL_PATHS", settings.model_paths),
         ("LLMJP_REMOTE_MODELS", settings.remote_models),
@@ -60,11 +66,11 @@ def catalog(settings: Settings, reachable: hub.Reachability | None = None) -> Re
             raise ValueError(f"{name} names models that are not offered: {sorted(unknown)}")
     # An operator's list is in their order of preference; without the hub, a model that can answer comes first.
     default = settings.default_model or (specs[0].id if ids else DEFAULT_TINY_MODEL if specs[0].tiny else None)
-    return Registry.of((_configured(s, settings) for s in specs), default=default)
+    return Registry.of((_configured(s, settings, engine) for s in specs), default=default)
 
 
-def _configured(spec: ModelSpec, settings: Settings) -> ModelSpec:
-    """``spec`` with its local copy (loaded from its directory like a hub snapshot) or its server."""
+def _configured(spec: ModelSpec, settings: Settings, engine: Server | None = None) -> ModelSpec:
+    """``spec`` with its local copy (loaded from its directory like a hub snapshot), its server, or its engine."""
     configured = spec
     if revision := settings.revisions.get(spec.id):
         configured = dataclasses.replace(configured, revision=revision)
@@ -75,6 +81,8 @@ def _configured(spec: ModelSpec, settings: Settings) -> ModelSpec:
         base_url = str(remote.base_url).rstrip("/")
         endpoint = Endpoint(base_url=base_url, model=remote.model or spec.source, server=remote.server)
         configured = dataclasses.replace(configured, endpoint=endpoint)
+    elif engine is not None:
+        configured = dataclasses.replace(configured, engine=engine)
     return configured
 
 
@@ -113,6 +121,49 @@ def _local_backend(settings: Settings, reachable: hub.Reachability) -> Backend:
     )
 
 
+def _engines(settings: Settings, specs: list[ModelSpec], reachable: hub.Reachability) -> engine_processes.Engines:
+    """The engine processes' backend: each model's weights found (or downloaded) here, then served by its own."""
+    from inference.progress import Downloading
+
+    models_dir, cache = settings.models_dir, str(settings.hub_cache) if settings.hub_cache else None
+
+    def source(spec: ModelSpec, report) -> tuple[str, str | None]:
+        from inference import tiny
+
+        if spec.tiny:
+            return str(tiny.ensure(Architecture(spec.source), models_dir)), None
+        if Path(spec.source).is_dir():
+            return spec.source, None
+        try:
+            path = hub.download(
+                spec.source, token=settings.token, revision=spec.revision, cache_dir=cache,
+                offline=settings.offline or not reachable(), report=lambda done, total: report(Downloading(done, total)),
+            )  # fmt: skip
+        except (OSError, ValueError) as exc:
+            raise hub.explain(spec, exc) from exc
+        return path, Path(path).name  # the snapshot directory is named by its commit
+
+    def remote() -> Backend:
+        from inference.remote import RemoteBackend
+
+        return RemoteBackend(
+            hf_token=settings.token, offline=True, tokenizer_source=lambda s: source(s, lambda _: None)[0]
+        )
+
+    launch = engine_processes.Launch(
+        command=settings.engine_command or engine_processes.VLLM_COMMAND,
+        python=str(settings.engine_python),
+        start_timeout_s=settings.engine_start_timeout_s,
+        shares=engine_processes.gpu_shares(
+            {s.id: s.weights_bytes for s in specs},
+            total=settings.engine_gpu_memory,
+            max_loaded=settings.max_loaded_models,
+        ),
+        env={"HF_HUB_OFFLINE": "1"},  # the weights are here already: the engine needs no hub
+    )
+    return engine_processes.Engines(launch, remote=remote, model_source=source, max_loaded=settings.max_loaded_models)
+
+
 def _preload(backend: Backend, specs: list[ModelSpec]) -> None:
     """Load ``specs`` in turn; a visitor who asks for one meanwhile waits for the same load and sees it."""
     for spec in specs:
@@ -136,9 +187,17 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
     upgrade(engine, keys=keys)
     reachable = hub.Reachability()
     registry = catalog(settings, reachable)
+    preloads = [registry.get(i) for i in settings.preload_ids]
+    engines = None
+    if served := [s for s in registry.specs.values() if s.engine is not None]:
+        engines = _engines(settings, served, reachable)
+        if started := [s for s in preloads if s.engine is not None]:
+            timer = threading.Timer(settings.warm_up_s, _preload, args=(engines, started))
+            timer.daemon = True
+            timer.start()
     if backend is None:
         local = Deferred(lambda: _local_backend(settings, reachable), name="local backend")
-        preload = [registry.get(i) for i in settings.preload_ids]
+        preload = [s for s in preloads if s.engine is None]
         # The page is served first; torch and transformers are imported a moment later, in the background.
         local.warm_up(settings.warm_up_s, then=lambda b: _preload(b, preload))
         backend = local
@@ -159,6 +218,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
             registry,
             backend,
             remote=Deferred(lambda: _remote_backend(settings), name="remote backend"),
+            engines=engines,
             max_queue=settings.max_queue,
             max_batch=settings.max_batch,
             remote_concurrency=settings.remote_concurrency,

@@ -279,7 +279,14 @@ class Handlers:
 
     def models(self) -> list[dict[str, Any]]:
         """The offered models: id, label, architecture, dense or MoE, context, licence, default sampling, loaded."""
-        is_loaded = getattr(self.inference.backend, "is_loaded", None)
+        local = getattr(self.inference.backend, "is_loaded", None)
+        engines = self.inference.engines
+
+        def is_loaded(model_id: str) -> bool:
+            if engines is not None and self.inference.registry.get(model_id).engine is not None:
+                return engines.is_loaded(model_id)  # type: ignore[attr-defined]
+            return bool(local and local(model_id))
+
         return catalogue(self.inference.registry, is_loaded, self.inference.max_batch)
 
     def needs_acknowledgement(

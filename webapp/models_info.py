@@ -21,6 +21,14 @@ def chat_defaults(spec: ModelSpec) -> SamplingOptions:
     return card.model_copy(update={"max_new_tokens": longest})
 
 
+def engine_of(spec: ModelSpec) -> str:
+    """What generates the model's replies: ``vllm`` (a server process: the app's own, or a remote one),
+    ``transformers`` (this process, or a remote ``transformers serve``)."""
+    if spec.endpoint is not None:
+        return spec.endpoint.server.value
+    return spec.engine.value if spec.engine is not None else "transformers"
+
+
 def describe(spec: ModelSpec, *, loaded: bool, batch: int = 1) -> dict[str, Any]:
     """One model, as the ``/models`` endpoint lists it; ``batch`` replies are generated together."""
     reply_kv = spec.kv_bytes_per_token * spec.context
@@ -38,6 +46,7 @@ def describe(spec: ModelSpec, *, loaded: bool, batch: int = 1) -> dict[str, Any]
         "needs_acknowledgement": spec.license.needs_acknowledgement,
         "test_model": spec.tiny,
         "remote": spec.endpoint is not None,
+        "engine": engine_of(spec),
         "card_sampling": spec.sampling.model_dump(exclude={"seed"}),
         "default_sampling": chat_defaults(spec).model_dump(exclude={"seed"}),
         "loaded": loaded,

@@ -7,6 +7,7 @@ import hmac
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -107,6 +108,27 @@ class Settings(BaseSettings):
         description="A model's generation loop that finishes no step for this long, with replies in hand, "
         "is taken to be stuck: its replies end with a message and a fresh loop takes over.",
     )
+    engine: Literal["auto", "transformers", "vllm"] = Field(
+        "auto",
+        description="What generates for the models this machine serves: 'transformers' (this process), 'vllm' "
+        "(one vLLM server process per model, started and watched by the app) or 'auto' (vLLM when a GPU and the "
+        "engine environment are found; never on ZeroGPU).",
+    )
+    engine_python: Path = Field(
+        Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python",
+        description="The engine environment's Python (./dev run makes .venv-vllm on a GPU machine).",
+    )
+    engine_command: str = Field(
+        "",
+        description="The engine's command line, with {python} {model} {name} {port} {dtype} {context} "
+        "{gpu_share} filled in per model; vllm serve when empty.",
+    )
+    engine_start_timeout_s: float = Field(
+        900.0, gt=0, le=7200, description="How long an engine may take to answer /health before it is reported."
+    )
+    engine_gpu_memory: float = Field(
+        0.9, gt=0, le=1, description="The share of GPU memory the engines take together, split by model size."
+    )
     remote_models: dict[str, RemoteModel] = Field(
         default_factory=dict,
         description='Registry ids served by OpenAI-compatible servers, as JSON: {"llm-jp-3.1-8x13b-instruct4": {"base_url": "http://gpu-1:8000/v1"}}.',
@@ -194,6 +216,17 @@ class Settings(BaseSettings):
                 f"unknown: {unknown if ids else value!r}"
             )
         return ",".join(ids)
+
+    @field_validator("engine_command")
+    @classmethod
+    def _known_placeholders(cls, value: str) -> str:
+        from inference.engines import PLACEHOLDERS
+
+        try:
+            value.format(**dict.fromkeys(PLACEHOLDERS, ""))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"LLMJP_ENGINE_COMMAND may use only {{{'}, {'.join(PLACEHOLDERS)}}}: {exc}") from None
+        return value
 
     @property
     def model_ids(self) -> list[str] | None:
