@@ -77,6 +77,19 @@ def streaming_rows(url: str, paths: dict[str, Path], runs: int) -> list[Row]:
                 pairs.http_ratio.median >= target,
             )
         )
+        inside = streaming.in_process(model_id, paths[model_id], max_new, runs)
+        for key, where in (("loop", "the decoding loop and sampler alone"),
+                           ("engine", "Inference.stream: the model's thread, the mailbox, merged updates")):  # fmt: skip
+            rows.append(
+                Row(
+                    f"1c. streaming, {label}, in-process (where a lone visitor's time goes): {where}",
+                    f"{inside[key].show('{:.3f}')} of generate()",
+                    "generate(): 1.000",
+                    inside[key].show("{:.3f}"),
+                    "(reported)",
+                    True,
+                )
+            )
         prefill = _ms(pairs.prefill_s)
         http = _ms(streaming.http_first_update(url, model_id, receipt, max_new, runs))
         overhead = http.median - prefill.median

@@ -192,3 +192,53 @@ def trivial_first_update(runs: int) -> Sample:
         return Sample(tuple(firsts))
     finally:
         s.stop()
+
+
+def in_process(model_id: str, path: Path, max_new_tokens: int, runs: int) -> dict[str, Sample]:
+    """Where a lone visitor's time goes inside the server: tok/s ratios to generate(), pair by pair.
+
+    ``loop``: the Batcher on the calling thread (the decoding loop and sampler
+    alone). ``engine``: ``Inference.stream`` on its own event loop, so the
+    model's own thread (at its lower priority), the mailbox and the merging
+    of updates, without HTTP or Gradio.
+    """
+    import asyncio
+    import dataclasses
+    import threading
+
+    from inference import Inference, SamplingOptions
+    from inference.batching import Batcher, Request
+    from inference.local import TransformersBackend
+
+    plain = Plain(model_id, path)
+    options = SamplingOptions(temperature=0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_new_tokens=max_new_tokens)
+    loop_batcher = Batcher(plain.model, plain.tokenizer, start=False)
+    # The same weights, loaded as the app loads them (as LLMJP_MODEL_PATHS points at them).
+    spec = dataclasses.replace(Registry.of(TINY_MODELS).get(model_id), source=str(path), tiny=False)
+    engine = Inference(Registry.of([spec]), TransformersBackend(models_dir=path.parent))
+
+    def on_loop() -> float:
+        request = Request(plain.ids[0].tolist(), options, max_new_tokens, lambda _: None, threading.Event())
+        started = time.perf_counter()
+        loop_batcher.run_alone(request)
+        return request.completion_tokens / (time.perf_counter() - started)
+
+    async def through_engine() -> float:
+        started = time.perf_counter()
+        last, tokens = started, 0
+        async for item in engine.stream(model_id, [], MESSAGE, options):
+            if isinstance(item, str):
+                last = time.perf_counter()
+            elif type(item).__name__ == "Finished":
+                tokens = item.completion_tokens
+        return tokens / (last - started)
+
+    on_loop()
+    asyncio.run(through_engine())
+    columns: dict[str, list[float]] = {"loop": [], "engine": []}
+    for _ in range(runs):
+        seconds, ids = plain.run(max_new_tokens)
+        base = len(ids) / seconds
+        columns["loop"].append(on_loop() / base)
+        columns["engine"].append(asyncio.run(through_engine()) / base)
+    return {k: Sample(tuple(v)) for k, v in columns.items()}

@@ -19,7 +19,8 @@ budget; a failing decoder or consumer ends its own row. An error that says
 the device itself is broken (a CUDA error) ends the loop: every request gets
 the message and the model's owner reloads it. Whatever escapes anyway ends
 the thread with every request answered; the owner's watchdog also watches
-for a loop that stops making progress (``progress_at``).
+for a loop that stops making progress (``stalled``: past the deadline of
+its current forward, which is set from the forwards measured so far).
 
 **Memory.** Admission is bounded by a KV-cache budget in cache positions
 (rows × the length each may reach, padding included); a request that does
@@ -39,6 +40,7 @@ from __future__ import annotations
 import collections
 import inspect
 import logging
+import math
 import os
 import queue
 import sys
@@ -228,6 +230,7 @@ class Batcher:
         name: str = "model",
         start: bool = True,
         kv_budget: int | None = None,
+        stall_s: float = 60.0,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -243,10 +246,13 @@ class Batcher:
         self._waiting: collections.deque[Request] = collections.deque()  # taken in, not yet prefilled
         self._lock = threading.Lock()
         self._requests: set[Request] = set()
+        self.stall_s = stall_s
         self.progress_at = time.monotonic()
         """When the loop last finished a unit of work, or began to wait for some."""
         self.busy = False
         """Whether the loop has requests in hand (an idle loop makes no progress and is not stalled)."""
+        self._deadline = math.inf
+        self._per_position: float | None = None  # seconds a forward takes per cache position it computes
         self.failure: BaseException | None = None
         """What ended the loop, when something did."""
         self._retired = False
@@ -295,6 +301,26 @@ class Batcher:
         self._inbox.put(None)
         return sum(r.finish("cancelled", error) for r in requests)
 
+    def stalled(self) -> bool:
+        """Whether the loop has requests in hand and is past the deadline of what it is doing."""
+        return self.busy and time.monotonic() > self._deadline
+
+    def _expect(self, positions: int) -> None:
+        """Set the deadline of a forward over ``positions`` cache positions: ``stall_s`` past what it should take.
+
+        What it should take comes from the forwards measured so far, so a long
+        prefill on a CPU is not mistaken for a stuck loop; before any is
+        measured, ten times ``stall_s`` stands in.
+        """
+        expected = positions * self._per_position if self._per_position is not None else 9 * self.stall_s
+        self._deadline = time.monotonic() + self.stall_s + 4 * expected
+
+    def _measured(self, positions: int, started: float) -> None:
+        now = time.monotonic()
+        per = (now - started) / max(positions, 1)
+        self._per_position = per if self._per_position is None else 0.8 * self._per_position + 0.2 * per
+        self.progress_at, self._deadline = now, now + self.stall_s
+
     # -- the loop -----------------------------------------------------------------
 
     def _run(self) -> None:
@@ -324,16 +350,15 @@ class Batcher:
                 self.busy = not block
                 taken = self._take(block=block, room=self.max_batch - sum(len(c.rows) for c in cohorts))
                 self.busy, self.progress_at, block = True, time.monotonic(), False
+                self._deadline = self.progress_at + self.stall_s
                 closing = closing or None in taken
                 self._waiting.extend(r for r in taken if r is not None)
                 if not (newcomers := self._fitting(cohorts)):
                     break
                 self._join(cohorts, newcomers)
-                self.progress_at = time.monotonic()
             for cohort in list(cohorts):
                 cohorts.remove(cohort)
                 cohorts += self._step(cohort)
-                self.progress_at = time.monotonic()
             self._forget()
         self.busy = False
 
@@ -423,6 +448,8 @@ class Batcher:
             [[0] * (length - len(r.request.ids)) + [1] * len(r.request.ids) for r in rows], device=device
         )
         cache = growing_cache(self.model.config)
+        started = time.monotonic()
+        self._expect(ids.numel())
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -431,6 +458,7 @@ class Batcher:
             logits_to_keep=1,
             **{self._cache_arg: cache},
         )
+        self._measured(ids.numel(), started)
         if not bool(mask.all()):
             # What padding left in the cache is masked from every later step; zeroed, it
             # cannot turn into NaN there whatever the attention kernel does with it.
@@ -453,6 +481,8 @@ class Batcher:
             return []
         mask = torch.cat([cohort.mask, cohort.mask.new_ones((len(cohort.rows), 1))], dim=1)
         marks = cohort.mark()
+        started = time.monotonic()
+        self._expect(len(cohort.rows))
         try:
             out = self.model(
                 input_ids=cohort.last.unsqueeze(1),
@@ -465,6 +495,7 @@ class Batcher:
         except BaseException as exc:
             cohort.rewind(marks)
             return self._recover(cohort, exc)
+        self._measured(len(cohort.rows), started)
         cohort.mask = mask
         self._advance(cohort, out.logits[:, -1, :])
         return [cohort] if cohort.rows else []

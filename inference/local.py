@@ -293,7 +293,9 @@ class TransformersBackend:
 
     def _batcher(self, model_id: str, slot: _Slot) -> Batcher:
         model, tokenizer = slot.loaded.model, slot.loaded.tokenizer
-        return Batcher(model, tokenizer, max_batch=self.max_batch, name=model_id, kv_budget=slot.kv_budget)
+        return Batcher(
+            model, tokenizer, max_batch=self.max_batch, name=model_id, kv_budget=slot.kv_budget, stall_s=self.stall_s
+        )
 
     # -- the watchdog -----------------------------------------------------------
 
@@ -321,7 +323,7 @@ class TransformersBackend:
                 if batcher is None or not batcher.thread.ident:
                     continue
                 dead = not batcher.thread.is_alive()
-                stalled = batcher.busy and time.monotonic() - batcher.progress_at > self.stall_s
+                stalled = batcher.stalled()
                 if not (dead or stalled):
                     continue
                 ended = batcher.abandon(generation_failed())

@@ -275,7 +275,7 @@ def test_the_watchdog_ends_the_replies_of_a_dead_or_stuck_loop_and_starts_a_fres
                 return loaded.model(**kwargs)
 
         slot.batcher.close()
-        slot.batcher = Batcher(Stuck(), loaded.tokenizer, max_batch=2, name=spec.id)
+        slot.batcher = Batcher(Stuck(), loaded.tokenizer, max_batch=2, name=spec.id, stall_s=backend.stall_s)
     old = slot.batcher
     long = SamplingOptions(temperature=0, max_new_tokens=2048)
     results: list[object] = []
@@ -343,3 +343,30 @@ def test_four_addresses_asking_all_they_may_leave_a_place_for_a_fifth_visitor(mo
     assert isinstance(fifth[-1], Finished) and fifth[-1].completion_tokens == 8
     assert any(isinstance(c, Finished) and c.finish_reason == "shared" for c in crowd)  # one made room
     assert sum(isinstance(c, AppError) for c in crowd) == 1  # the place it took in the full queue
+
+
+def test_a_long_forward_on_a_slow_model_is_not_taken_for_a_stuck_loop(loaded) -> None:
+    """The deadline of a forward grows with the work in it, measured on the forwards before."""
+
+    class Slow:
+        forward = loaded.model.forward
+
+        def __getattr__(self, name: str):
+            return getattr(loaded.model, name)
+
+        def __call__(self, *, input_ids, **kwargs):
+            time.sleep(0.004 * input_ids.numel())  # a slow machine: 4 ms per position computed
+            return loaded.model(input_ids=input_ids, **kwargs)
+
+    batcher = Batcher(Slow(), loaded.tokenizer, stall_s=0.3)
+    short = Reply(prompt_ids(loaded, "a"), GREEDY.model_copy(update={"max_new_tokens": 2}))
+    batcher.submit(short.request)
+    assert short.text is not None  # measured: about 4 ms a position
+    long = Reply(prompt_ids(loaded, "富士山について教えて。" * 12), GREEDY.model_copy(update={"max_new_tokens": 2}))
+    assert len(long.request.ids) * 0.004 > 0.3  # its prefill takes longer than stall_s
+    seen_stalled = []
+    batcher.submit(long.request)
+    while not long.request.done.wait(0.02):
+        seen_stalled.append(batcher.stalled())
+    assert long.text and not any(seen_stalled)
+    batcher.close()
