@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import audit, export
 from db.chain import Anchor, Keyring
 from db.engine import DatabaseUnavailable, checkpoint, make_engine, session_factory, upgrade
+from db.settings import DatabaseSettings
 
 CANNOT_CHECK = 2
 
@@ -45,10 +46,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command named on the command line; the exit status says whether it succeeded."""
-    from webapp.settings import Settings
-
     args = _parser().parse_args(argv)
-    settings = Settings()
+    settings = DatabaseSettings()
     where = settings.database_url_redacted
     writes = args.command in ("upgrade", "erase")
     try:

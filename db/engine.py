@@ -169,9 +169,9 @@ def upgrade(engine: Engine, revision: str = "head", *, keys: Keyring | None = No
 
 def default_keyring() -> Keyring:
     """The audit keys from the settings (``LLMJP_AUDIT_KEY`` or derived from the server secret)."""
-    from webapp.settings import Settings
+    from db.settings import DatabaseSettings
 
-    return Settings().audit_keyring()
+    return DatabaseSettings().audit_keyring()
 
 
 def session_factory(engine: Engine, keys: Keyring | None = None) -> sessionmaker[Session]:

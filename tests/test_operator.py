@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from db import settings as db_settings
 from inference import CHECKPOINTS, TINY_MODELS, hub
-from webapp import settings as settings_module
 from webapp.factory import catalog
 from webapp.settings import Settings
 
@@ -73,7 +73,7 @@ def test_spaces_are_recognised_by_space_id_not_by_a_data_directory(
     monkeypatch.delenv("LLMJP_DATA_DIR")
     storage = tmp_path / "data"
     storage.mkdir()
-    monkeypatch.setattr(settings_module, "SPACES_PERSISTENT_DIR", storage)
+    monkeypatch.setattr(db_settings, "SPACES_PERSISTENT_DIR", storage)
     if space:
         monkeypatch.setenv("SPACE_ID", "llm-jp/chat")
     else:
