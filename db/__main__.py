@@ -11,6 +11,7 @@ python -m db export --format csv|json [--since DATE] [--output FILE]
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -70,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         return CANNOT_CHECK
     try:
         if args.command == "upgrade":
-            upgrade(engine, keys=keys)
+            # Each migration step as it runs, and then what changed.
+            logging.basicConfig(level=logging.WARNING, format="%(message)s")
+            for name in ("alembic.runtime.migration", "db.engine"):
+                logging.getLogger(name).setLevel(logging.INFO)
+            upgrade(engine, keys=keys, steps=True)
             print(f"schema is up to date ({where})")
             return 0
         sessions = session_factory(engine, keys)
