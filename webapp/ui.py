@@ -17,7 +17,7 @@ from webapp.chat_page import ChatPage
 from webapp.errors import user_errors
 from webapp.guard import Guard
 from webapp.handlers import Handlers
-from webapp.i18n import HEAD, I18N, pick, say, t
+from webapp.i18n import HEAD, I18N, say, t
 from webapp.ratings import Ratings
 from webapp.settings import Settings
 from webapp.terms import Terms
@@ -233,8 +233,11 @@ def build(
             profile: gr.OAuthProfile | None,
         ) -> None:
             """The page's acknowledgement: the confirmation comes as a notice in the page's language."""
-            ja, _, en = handlers.acknowledge_licence(model_id, receipt_value, request, profile).partition(" / ")
-            gr.Info(pick(lang_value, ja, en), title=say(lang_value, "notice_title"))
+            handlers.acknowledge_licence(model_id, receipt_value, request, profile)
+            licence = handlers.inference.registry.get(model_id).license.name
+            gr.Info(
+                say(lang_value, "licence_acknowledged").format(licence=licence), title=say(lang_value, "notice_title")
+            )
 
         chat.acknowledge.click(
             user_errors(acknowledge), [chat.model, receipt, lang], None, api_name="page_ack", **private
