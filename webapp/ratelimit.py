@@ -135,8 +135,3 @@ class InFlight:
             ticket.withdrawn = True
             ticket.stop.set()
         return len(tickets)
-
-    def count(self, identity: str) -> int:
-        """Replies of ``identity`` waiting or running now."""
-        with self._lock:
-            return len(self._tickets.get(identity, ()))
