@@ -82,11 +82,9 @@ class Admin:
 
     def _holds_token(self, credential: object) -> bool:
         """Whether ``credential`` is the admin token (compared in constant time)."""
-        return (
-            bool(self._token)
-            and isinstance(credential, str)
-            and hmac.compare_digest(self._token.encode(), credential.encode("utf-8", "replace"))
-        )
+        if not (self._token and isinstance(credential, str)):
+            return False
+        return hmac.compare_digest(self._token.encode(), credential.encode("utf-8", "replace"))
 
     def require(self, profile: gr.OAuthProfile | None, credential: object) -> None:
         """Raise ``NotAdmin`` unless the caller is an administrator."""
