@@ -150,11 +150,8 @@ def test_the_space_runs_the_python_the_project_requires() -> None:
 
 
 def _bounds(lines: list[str]) -> dict[str, tuple[frozenset[str], SpecifierSet]]:
-    found = {}
-    for line in lines:
-        req = Requirement(line)
-        found[canonicalize_name(req.name)] = (frozenset(req.extras), req.specifier)
-    return found
+    """Each package's extras and version bounds, by its normalised name."""
+    return {canonicalize_name(req.name): (frozenset(req.extras), req.specifier) for req in map(Requirement, lines)}
 
 
 def test_requirements_txt_has_the_bounds_of_pyproject() -> None:
