@@ -11,6 +11,7 @@ python -m db export --format csv|json [--since DATE] [--output FILE]
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import audit, export
 from db.chain import Anchor, Keyring
 from db.engine import DatabaseUnavailable, checkpoint, make_engine, session_factory, upgrade
+from db.settings import DatabaseSettings
 
 CANNOT_CHECK = 2
 
@@ -45,10 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command named on the command line; the exit status says whether it succeeded."""
-    from webapp.settings import Settings
-
     args = _parser().parse_args(argv)
-    settings = Settings()
+    settings = DatabaseSettings()
     where = settings.database_url_redacted
     writes = args.command in ("upgrade", "erase")
     try:
@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         return CANNOT_CHECK
     try:
         if args.command == "upgrade":
-            upgrade(engine, keys=keys)
+            # Each migration step as it runs, and then what changed.
+            logging.basicConfig(level=logging.WARNING, format="%(message)s")
+            for name in ("alembic.runtime.migration", "db.engine"):
+                logging.getLogger(name).setLevel(logging.INFO)
+            upgrade(engine, keys=keys, steps=True)
             print(f"schema is up to date ({where})")
             return 0
         sessions = session_factory(engine, keys)

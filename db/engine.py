@@ -150,28 +150,43 @@ def alembic_config(engine: Engine, keys: Keyring | None = None) -> Config:
     return cfg
 
 
-def at_head(engine: Engine) -> bool:
-    """Whether the schema is at the newest migration (and so needs nothing from Alembic)."""
+def revision(engine: Engine) -> str | None:
+    """The schema's migration, or None for a database that has none yet."""
     with engine.connect() as conn:
         if not inspect(conn).has_table("alembic_version"):
-            return False
-        return list(conn.scalars(text("SELECT version_num FROM alembic_version"))) == [HEAD]
+            return None
+        return conn.scalar(text("SELECT version_num FROM alembic_version"))
 
 
-def upgrade(engine: Engine, revision: str = "head", *, keys: Keyring | None = None) -> None:
-    """Bring the schema up to ``revision`` (the latest by default)."""
-    if revision == "head" and at_head(engine):
+def upgrade(engine: Engine, target: str = "head", *, keys: Keyring | None = None, steps: bool = False) -> None:
+    """Bring the schema up to ``target`` (the latest by default), logging one line when it changed.
+
+    Alembic logs its plugins and each step at INFO, a dozen lines on a first start; ``steps``
+    (the command line's ``upgrade``) lets them through.
+    """
+    before = revision(engine)
+    if target == "head" and before == HEAD:
         return
-    from alembic import command
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    if not steps:
+        alembic_log.setLevel(logging.WARNING)
+    try:
+        from alembic import command
 
-    command.upgrade(alembic_config(engine, keys), revision)
+        command.upgrade(alembic_config(engine, keys), target)
+    finally:
+        alembic_log.setLevel(level)
+    after = revision(engine)
+    if after != before:
+        log.info("database schema upgraded from %s to %s", before or "an empty database", after)
 
 
 def default_keyring() -> Keyring:
     """The audit keys from the settings (``LLMJP_AUDIT_KEY`` or derived from the server secret)."""
-    from webapp.settings import Settings
+    from db.settings import DatabaseSettings
 
-    return Settings().audit_keyring()
+    return DatabaseSettings().audit_keyring()
 
 
 def session_factory(engine: Engine, keys: Keyring | None = None) -> sessionmaker[Session]:

@@ -14,7 +14,6 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
@@ -71,32 +70,6 @@ def parameter_count(config: PretrainedConfig) -> int:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return sum(p.numel() for p in model.parameters())
-
-
-def config_of(architecture: str, shape: Any, context: int) -> PretrainedConfig:
-    """A transformers config of ``architecture`` with the sizes of a registry ``Shape``."""
-    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, MixtralConfig
-
-    if architecture == "gpt2":
-        return GPT2Config(
-            vocab_size=shape.vocab, n_embd=shape.hidden, n_layer=shape.layers, n_head=shape.heads,
-            n_inner=shape.intermediate, n_positions=shape.positions, tie_word_embeddings=shape.tied,
-        )  # fmt: skip
-    if architecture == "gpt_neox":
-        return GPTNeoXConfig(
-            vocab_size=shape.vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
-            num_attention_heads=shape.heads, intermediate_size=shape.intermediate, max_position_embeddings=context,
-            tie_word_embeddings=shape.tied,
-        )  # fmt: skip
-    llama = {
-        "vocab_size": shape.vocab, "hidden_size": shape.hidden, "intermediate_size": shape.intermediate,
-        "num_hidden_layers": shape.layers, "num_attention_heads": shape.heads,
-        "num_key_value_heads": shape.kv_heads or shape.heads, "max_position_embeddings": context,
-        "tie_word_embeddings": shape.tied,
-    }  # fmt: skip
-    if architecture == "mixtral":
-        return MixtralConfig(**llama, num_local_experts=shape.experts, num_experts_per_tok=shape.active_experts)
-    return LlamaConfig(**llama)
 
 
 def need(config: PretrainedConfig, dtype: torch.dtype, context: int, rows: int = 1) -> Need:

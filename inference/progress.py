@@ -8,19 +8,29 @@ from typing import Literal
 GB = 1000**3
 
 
+class _Described:
+    """A status the visitor reads: ``texts`` in Japanese and English, ``describe`` both (as the API gives them)."""
+
+    def texts(self) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return " / ".join(self.texts())
+
+
 @dataclass(frozen=True)
-class Queued:
+class Queued(_Described):
     """Waiting behind other requests to the same model server."""
 
     position: int
     """1 for the next request to run."""
 
-    def describe(self) -> str:
-        return f"順番待ち: {self.position} 番目です。 / In the queue: position {self.position}."
+    def texts(self) -> tuple[str, str]:
+        return f"順番待ち: {self.position} 番目です。", f"In the queue: position {self.position}."
 
 
 @dataclass(frozen=True)
-class _Bytes:
+class _Bytes(_Described):
     done: int
     total: int
 
@@ -33,55 +43,58 @@ class _Bytes:
 class Downloading(_Bytes):
     """Fetching a checkpoint's files from the hub."""
 
-    def describe(self) -> str:
+    def texts(self) -> tuple[str, str]:
         sizes = f"{self.done / GB:.1f} / {self.total / GB:.1f} GB"
-        return f"モデルをダウンロードしています({sizes})。 / Downloading the model ({sizes})."
+        return f"モデルをダウンロードしています({sizes})", f"Downloading the model ({sizes})"
 
 
 @dataclass(frozen=True)
 class Loading(_Bytes):
     """Reading weights into device memory."""
 
-    def describe(self) -> str:
+    def texts(self) -> tuple[str, str]:
         share = f"{self.fraction:.0%}" if self.fraction is not None else "…"
-        return f"モデルを読み込んでいます({share})。 / Loading the model ({share})."
+        return f"モデルを読み込んでいます({share})", f"Loading the model ({share})"
 
 
 @dataclass(frozen=True)
-class WaitingForMemory:
+class WaitingForMemory(_Described):
     """Admitted, but the model's memory for replies (its KV cache) is full: it starts when others end."""
 
     position: int
 
-    def describe(self) -> str:
+    def texts(self) -> tuple[str, str]:
         return (
-            f"メモリの空きを待っています({self.position} 番目)。ほかの返答が終わると始まります。"
-            f" / Waiting for memory (position {self.position}): it starts when other replies end."
+            f"メモリの空きを待っています({self.position} 番目)。ほかの返答が終わると始まります。",
+            f"Waiting for memory (position {self.position}): it starts when other replies end.",
         )
 
 
 @dataclass(frozen=True)
-class Starting:
+class Starting(_Described):
     """The model's engine process (vLLM) is starting: loading weights, warming up."""
 
     engine: str
     seconds: float
     """Since the start began."""
 
-    def describe(self) -> str:
+    def texts(self) -> tuple[str, str]:
         s = f"{self.seconds:.0f}"
-        return f"推論エンジン({self.engine})を起動しています({s} 秒)。 / Starting the {self.engine} engine ({s} s)."
+        return f"推論エンジン({self.engine})を起動しています({s} 秒)", f"Starting the {self.engine} engine ({s} s)"
 
 
 @dataclass(frozen=True)
-class Trimmed:
+class Trimmed(_Described):
     """The conversation outgrew the model's context: its oldest turns are left out of the prompt."""
 
     dropped_turns: int
 
-    def describe(self) -> str:
+    def texts(self) -> tuple[str, str]:
         n = self.dropped_turns
-        return f"会話が長いため、古い {n} 発言を省いて送ります。 / The conversation is long: its oldest {n} turns are left out."
+        return (
+            f"会話がモデルの文脈長を超えたため、古い発言 {n} 件を省いて返答しました。",
+            f"The conversation outgrew the model's context: the oldest {n} turns were left out of this reply.",
+        )
 
 
 FinishReason = Literal["stop", "length", "cancelled", "shared"]

@@ -107,24 +107,6 @@ def render(tokenizer: Any, fmt: PromptFormat, messages: Sequence[Message]) -> st
     )
 
 
-def encode(
-    tokenizer: Any, fmt: PromptFormat, messages: Sequence[Message], context: int, max_new_tokens: int
-) -> tuple[str, list[int], int]:
-    """The prompt text, its token ids, and how many new tokens fit in ``context`` (at most ``max_new_tokens``).
-
-    Raises ``InvalidInput`` when the conversation leaves no room for a reply.
-    """
-    text = render(tokenizer, fmt, messages)
-    ids = tokenizer(text, add_special_tokens=False).input_ids
-    room = context - len(ids)
-    if room < 1:
-        raise InvalidInput(
-            "会話が長すぎます。チャットを消去してやり直してください。",
-            "The conversation is too long for this model. Clear the chat and start again.",
-        )
-    return text, ids, min(max_new_tokens, room)
-
-
 @dataclass(frozen=True)
 class Prompt:
     """A conversation rendered and tokenised for one model, ready to generate from."""

@@ -67,23 +67,6 @@ class SamplingOptions(BaseModel):
                 en.append(f"{name} must be in {interval(name)}, got {shown}")
             raise InvalidInput("、".join(ja), "; ".join(en)) from None
 
-    def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``transformers`` ``generate``."""
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens,
-            "repetition_penalty": self.repetition_penalty,
-        }
-        if self.temperature == 0.0:
-            # Sampling knobs are meaningless for greedy search; leaving them out
-            # also keeps transformers from warning about unused flags.
-            return kwargs | {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        return kwargs | {
-            "do_sample": True,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,  # 0 switches top-k off; None would mean transformers' default of 50
-        }
-
 
 def bounds(name: str) -> tuple[float, float]:
     """The declared (lower, upper) bound of a field, for sliders and messages."""

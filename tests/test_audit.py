@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, inspect, text
@@ -108,6 +110,21 @@ with engine.connect() as conn:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["behind", "True", "at-head", "False", HEAD]
+
+
+def test_a_first_start_logs_one_line(database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)  # as app.py logs: Alembic would add a dozen lines of its plugins and steps
+    engine = make_engine(database_url)
+    upgrade(engine)
+    engine.dispose()
+    assert [r.getMessage() for r in caplog.records] == [f"database schema upgraded from an empty database to {HEAD}"]
+
+
+def test_the_command_line_upgrade_names_each_step(tmp_path: Path) -> None:
+    by_hand = run_db_cli(f"sqlite:///{tmp_path / 'audit.sqlite3'}", "upgrade")
+    assert by_hand.returncode == 0 and by_hand.stdout.startswith("schema is up to date")
+    assert f"Running upgrade 0003 -> {HEAD}" in by_hand.stderr
+    assert by_hand.stderr.endswith(f"database schema upgraded from an empty database to {HEAD}\n")
 
 
 def test_earlier_acceptances_are_carried_into_the_chain(database_url: str) -> None:

@@ -56,9 +56,11 @@ def test_verify_while_eight_clients_accept(database_url: str, models_dir: Path, 
         while sum(accepted) < 16:
             threading.Event().wait(0.05)
         clean = runs()
-        cli_clean = [cli_verify() for _ in range(2)]
+        # The command line once per state: it runs the same audit.verify as the 20 checks in this process
+        # (each start of it costs seconds on a CPU the 8 visitors keep busy).
+        cli_clean = cli_verify()
         assert [v.problem for v in clean if not v.ok] == []  # no false alarm
-        assert all(r.returncode == 0 for r in cli_clean), [r.stderr for r in cli_clean]
+        assert cli_clean.returncode == 0, cli_clean.stderr
         assert clean[-1].events > clean[0].events  # the log grew while it was being checked
         writer = make_engine(database_url)
         with writer.begin() as conn:
@@ -69,9 +71,9 @@ def test_verify_while_eight_clients_accept(database_url: str, models_dir: Path, 
             conn.execute(text("UPDATE events SET terms_id = 'edited' WHERE seq = 2"))
         writer.dispose()
         edited = runs()
-        cli_edited = [cli_verify() for _ in range(2)]
+        cli_edited = cli_verify()
         assert all(v.bad_seq == 2 for v in edited), [v.problem for v in edited]
-        assert all(r.returncode == 1 and "FAILED at event 2" in r.stderr for r in cli_edited)
+        assert cli_edited.returncode == 1 and "FAILED at event 2" in cli_edited.stderr, cli_edited.stderr
         assert all(t.is_alive() for t in threads)  # the visitors were accepting throughout
     finally:
         stop.set()
@@ -79,4 +81,4 @@ def test_verify_while_eight_clients_accept(database_url: str, models_dir: Path, 
             t.join(30)
         readonly.dispose()
         app.demo.close()
-    print(f"\n{readonly.dialect.name}: {sum(accepted)} acceptances during 40 checks; {clean[-1].events} events")
+    print(f"\n{readonly.dialect.name}: {sum(accepted)} acceptances during 42 checks; {clean[-1].events} events")

@@ -12,7 +12,7 @@ from db import feedback
 from db.engine import make_engine, session_factory, upgrade
 from inference.progress import Finished, Queued, Trimmed
 from webapp.chat_export import conversation_json, conversation_markdown
-from webapp.chat_messages import Outcome, note_title, status_text, to_history
+from webapp.chat_messages import Outcome, note_title, status_text, text_of, to_history
 from webapp.terms import Terms
 from webapp.ui_terms import field_errors
 
@@ -34,6 +34,20 @@ def test_notes_never_reach_the_model() -> None:
     ]
 
 
+def test_the_page_and_the_api_read_message_parts_alike() -> None:
+    from webapp.handlers import parse_history
+
+    parts = [
+        {"type": "text", "text": "高さは"},
+        {"type": "text", "text": 5},
+        {"type": "image"},
+        "x",
+        {"type": "text", "text": "?"},
+    ]
+    assert text_of(parts) == "高さは?"  # what is not text is left out, whatever a client sends
+    assert parse_history([{"role": "user", "content": parts}]) == [{"role": "user", "content": "高さは?"}]
+
+
 def test_the_note_marks_stopped_and_cut_replies_and_shows_speed() -> None:
     done = note_title("ja", Outcome(label="tiny-llama", seconds=2.0, tokens=50))
     assert done == "tiny-llama · 50 トークン · 25.0 トークン/秒"
@@ -47,6 +61,8 @@ def test_statuses_speak_the_pages_language() -> None:
     assert status_text("ja", Queued(2)) == "順番待ち: 2 番目です。"
     assert status_text("en", Queued(2)) == "In the queue: position 2."
     assert "3" in status_text("ja", Trimmed(3)) and "古い発言" in status_text("ja", Trimmed(3))
+    # The API gives both languages, in the same words.
+    assert Trimmed(3).describe() == f"{status_text('ja', Trimmed(3))} / {status_text('en', Trimmed(3))}"
     finished = Finished("tiny-llama", None, 10, 20, 1.0, "length", 0)
     assert "tiny-llama" in finished.describe()
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,6 +136,40 @@ def test_withdrawn_consent_locks_at_once(running_app: RunningApp) -> None:
     with pytest.raises(AppError, match="no consent to withdraw"):
         client.predict(receipt=receipt, api_name="/withdraw_consent")
     assert [e[0] for e in events(running_app, "withdrawn")].count(identity_of(running_app, receipt)) == 1
+
+
+def page_messages(app: RunningApp, api_name: str, data: list[object]) -> list[dict]:
+    """Every message the queue sends the page for one event (notices, then the result), as the browser reads them."""
+    base = app.url.rstrip("/") + "/gradio_api"
+    config = httpx.get(app.url.rstrip("/") + "/config", timeout=10).json()
+    index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name)
+    session, messages = f"page-{time.monotonic_ns()}", []
+    with httpx.Client(timeout=60) as http:
+        http.post(
+            f"{base}/queue/join", json={"data": data, "fn_index": index, "session_hash": session}
+        ).raise_for_status()
+        with http.stream("GET", f"{base}/queue/data", params={"session_hash": session}) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    messages.append(json.loads(line[5:]))
+                    if messages[-1].get("msg") == "process_completed":
+                        return messages
+    raise AssertionError(f"the stream ended without a result: {messages}")
+
+
+@pytest.mark.parametrize(
+    ("lang", "confirmation"), [("ja", "CC BY-NC 4.0 の条件を確認しました。"), ("en", "Acknowledged: CC BY-NC 4.0.")]
+)
+def test_the_page_confirms_an_acknowledgement(running_app: RunningApp, lang: str, confirmation: str) -> None:
+    _, receipt = running_app.client().predict(**FORM, api_name="/accept_terms")
+    with warnings.catch_warnings(record=True) as caught:  # Gradio warns in the server when an event's outputs are wrong
+        warnings.simplefilter("always")
+        messages = page_messages(running_app, "page_ack", ["weblab-10b-instruction-sft", receipt, lang])
+    assert messages[-1]["success"], messages[-1]
+    assert [(m["log"], m["level"]) for m in messages if m["msg"] == "log"] == [(confirmation, "info")]
+    assert [str(w.message) for w in caught if "output values" in str(w.message)] == []
+    identity = identity_of(running_app, receipt)
+    assert [e for e in events(running_app, "licence_acknowledged") if e[0] == identity] != []
 
 
 def test_non_commercial_licence_needs_one_acknowledgement(running_app: RunningApp) -> None:

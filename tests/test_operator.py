@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 from pydantic import ValidationError
 
+from db import settings as db_settings
 from inference import CHECKPOINTS, TINY_MODELS, hub
-from webapp import settings as settings_module
 from webapp.factory import catalog
 from webapp.settings import Settings
 
@@ -73,7 +77,7 @@ def test_spaces_are_recognised_by_space_id_not_by_a_data_directory(
     monkeypatch.delenv("LLMJP_DATA_DIR")
     storage = tmp_path / "data"
     storage.mkdir()
-    monkeypatch.setattr(settings_module, "SPACES_PERSISTENT_DIR", storage)
+    monkeypatch.setattr(db_settings, "SPACES_PERSISTENT_DIR", storage)
     if space:
         monkeypatch.setenv("SPACE_ID", "llm-jp/chat")
     else:
@@ -132,3 +136,28 @@ def test_front_matter_matches_the_registry() -> None:
     by_source = {s.source: s for s in CHECKPOINTS}
     assert all(by_source[r].endpoint is None and by_source[r].weights_bytes < 70e9 for r in repos)
     assert data.suggested_storage in {s.value for s in SpaceStorage}
+
+
+def test_the_space_runs_the_python_the_project_requires() -> None:
+    from huggingface_hub import SpaceCard
+
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    version = SpaceCard.load(ROOT / "README.md").data.python_version
+    # A string: YAML would read 3.10 as the number 3.1.
+    assert isinstance(version, str) and version in SpecifierSet(requires)
+    # The oldest Python the project supports is the one its tests and tools (ruff, mypy) target.
+    assert requires == f">={version}"
+
+
+def _bounds(lines: list[str]) -> dict[str, tuple[frozenset[str], SpecifierSet]]:
+    """Each package's extras and version bounds, by its normalised name."""
+    return {canonicalize_name(req.name): (frozenset(req.extras), req.specifier) for req in map(Requirement, lines)}
+
+
+def test_requirements_txt_has_the_bounds_of_pyproject() -> None:
+    """A Space installs requirements.txt: each package with the extras and bounds pyproject.toml gives it."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    space = _bounds([line for line in lines if line.strip() and not line.startswith("#")])
+    # The app's dependencies, and the PostgreSQL driver so a Space can keep its log in a database server.
+    assert space == _bounds(project["dependencies"] + project["optional-dependencies"]["postgres"])

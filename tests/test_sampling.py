@@ -32,20 +32,3 @@ def test_out_of_range_is_refused_bilingually(values: dict, field: str) -> None:
         SamplingOptions.parse(**values)
     assert field in err.value.ja and field in err.value.en
     assert "範囲" in err.value.ja or field == "typical_p"
-
-
-def test_temperature_zero_is_greedy() -> None:
-    kwargs = SamplingOptions.parse(temperature=0).generate_kwargs()
-    assert kwargs["do_sample"] is False
-
-
-def test_sampling_kwargs() -> None:
-    kwargs = SamplingOptions.parse(temperature=0.7, top_p=0.9, top_k=0, repetition_penalty=1.1).generate_kwargs()
-    assert kwargs == {
-        "do_sample": True,
-        "temperature": 0.7,
-        "top_p": 0.9,
-        "top_k": 0,
-        "repetition_penalty": 1.1,
-        "max_new_tokens": 100,
-    }

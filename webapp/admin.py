@@ -72,13 +72,19 @@ class Admin:
             return True
         if not (self._token and isinstance(credential, str) and credential) or len(credential) > 1024:
             return False
-        if hmac.compare_digest(self._token.encode(), credential.encode("utf-8", "replace")):
+        if self._holds_token(credential):
             return True
         try:
             named = self._grants.loads(credential, max_age=self.grant_seconds)
         except (BadSignature, ValueError, TypeError, UnicodeError):
             return False
         return isinstance(named, str) and hmac.compare_digest(named, self._fingerprint)
+
+    def _holds_token(self, credential: object) -> bool:
+        """Whether ``credential`` is the admin token (compared in constant time)."""
+        if not (self._token and isinstance(credential, str)):
+            return False
+        return hmac.compare_digest(self._token.encode(), credential.encode("utf-8", "replace"))
 
     def require(self, profile: gr.OAuthProfile | None, credential: object) -> None:
         """Raise ``NotAdmin`` unless the caller is an administrator."""
@@ -162,9 +168,7 @@ class Admin:
 
     def sign_in(self, admin_token: str, profile: gr.OAuthProfile | None) -> tuple[str, Any]:
         """Check an admin token typed on the page; returns a short-lived grant for the browser to keep."""
-        if not (self._token and isinstance(admin_token, str)) or not hmac.compare_digest(
-            self._token.encode(), admin_token.encode("utf-8", "replace")
-        ):
+        if not self._holds_token(admin_token):
             self.require(profile, None)  # a listed account needs no token
         return self._grants.dumps(self._fingerprint), gr.Tab(visible=True)
 
@@ -175,11 +179,7 @@ class Admin:
         username = getattr(profile, "username", None) if profile is not None else None
         if username and username in self.users:
             return f"hf:{username}"
-        if (
-            self._token
-            and isinstance(credential, str)
-            and hmac.compare_digest(self._token.encode(), credential.encode("utf-8", "replace"))
-        ):
+        if self._holds_token(credential):
             return "admin:token"
         return "admin:grant"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from inference.progress import Downloading, Loading, Queued, Starting, Trimmed, WaitingForMemory
+from inference.progress import Status, Trimmed
 from webapp.i18n import pick, say
 
 Messages = list[dict[str, Any]]
@@ -22,10 +22,15 @@ def text_of(content: Any) -> str:
     """A chat message's text, whether Gradio gives a string or a list of parts."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    if isinstance(content, list):  # parts from a client are not trusted to be well formed
+        return "".join(
+            p["text"]
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        )
     if isinstance(content, dict):
-        return str(content.get("text", ""))
+        text = content.get("text")
+        return text if isinstance(text, str) else ""
     return ""
 
 
@@ -79,39 +84,14 @@ def note(rid: str, title: str, body: str, *, pending: bool, log_line: str = "", 
     return {"role": "assistant", "content": body, "metadata": meta}
 
 
-def status_text(lang: str | None, item: object) -> str:
-    """A waiting status, in the page's language."""
-    if isinstance(item, Queued):
-        return pick(lang, f"順番待ち: {item.position} 番目です。", f"In the queue: position {item.position}.")
-    if isinstance(item, Downloading):
-        sizes = f"{item.done / 1e9:.1f} / {item.total / 1e9:.1f} GB"
-        return pick(lang, f"モデルをダウンロードしています({sizes})", f"Downloading the model ({sizes})")
-    if isinstance(item, Loading):
-        share = f"{item.fraction:.0%}" if item.fraction is not None else "…"
-        return pick(lang, f"モデルを読み込んでいます({share})", f"Loading the model ({share})")
-    if isinstance(item, Starting):
-        s = f"{item.seconds:.0f}"
-        return pick(
-            lang, f"推論エンジン({item.engine})を起動しています({s} 秒)", f"Starting the {item.engine} engine ({s} s)"
-        )
-    if isinstance(item, Trimmed):
-        return trimmed_text(lang, item.dropped_turns)
-    if isinstance(item, WaitingForMemory):
-        return pick(
-            lang,
-            f"メモリの空きを待っています({item.position} 番目)。ほかの返答が終わると始まります。",
-            f"Waiting for memory (position {item.position}): it starts when other replies end.",
-        )
-    describe = getattr(item, "describe", None)
-    return describe() if describe else ""
+def status_text(lang: str | None, item: Status) -> str:
+    """A waiting status, in the page's language (the words are ``inference.progress``'s)."""
+    texts = getattr(item, "texts", None)
+    return pick(lang, *texts()) if texts else ""
 
 
 def trimmed_text(lang: str | None, dropped: int) -> str:
-    return pick(
-        lang,
-        f"会話がモデルの文脈長を超えたため、古い発言 {dropped} 件を省いて返答しました。",
-        f"The conversation outgrew the model's context: the oldest {dropped} turns were left out of this reply.",
-    )
+    return status_text(lang, Trimmed(dropped))
 
 
 @dataclass

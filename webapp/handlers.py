@@ -15,8 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from inference import AppError, Inference, InvalidInput, Message, ModelSpec, SamplingOptions
 from inference.progress import Status
+from webapp.chat_messages import text_of
 from webapp.consent import AcceptanceForm, Gate
 from webapp.errors import ConsentRequired, LicenceNotAcknowledged
+from webapp.i18n import say
 from webapp.identity import Caller
 from webapp.models_info import catalogue, chat_defaults
 from webapp.ratelimit import InFlight, RateLimits
@@ -39,17 +41,6 @@ class _Turn(BaseModel):
 
 
 _HISTORY = TypeAdapter(list[_Turn])
-
-
-def _text_of(content: Any) -> Any:
-    """A chat message's text, whether Gradio gives a string or a list of parts."""
-    if isinstance(content, list):
-        return "".join(
-            p["text"]
-            for p in content
-            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-        )
-    return content
 
 
 class HistoryTooLong(InvalidInput):
@@ -83,7 +74,14 @@ def parse_history(history: object, *, max_chars: int | None = None) -> list[Mess
         )
     try:
         turns = _HISTORY.validate_python(
-            [{**t, "content": _text_of(t.get("content"))} if isinstance(t, dict) else t for t in history]
+            # A list of parts (as Gradio's chatbot holds them) is taken as its text; anything else but a
+            # string is left for validation to refuse.
+            [
+                {**t, "content": text_of(t["content"])}
+                if isinstance(t, dict) and isinstance(t.get("content"), list)
+                else t
+                for t in history
+            ]
         )
     except ValidationError:
         raise malformed from None
@@ -194,7 +192,7 @@ class Handlers:
         self.limits.check("consent", caller)
         spec = self.inference.registry.get(model_id)
         self.gate.acknowledge(caller, spec)
-        return f"{spec.license.name} の条件を確認しました。 / Acknowledged: {spec.license.name}."
+        return " / ".join(say(lang, "licence_acknowledged").format(licence=spec.license.name) for lang in ("ja", "en"))
 
     # -- chat ----------------------------------------------------------------
 

@@ -139,6 +139,7 @@ TEXTS: dict[str, tuple[str, str]] = {
     "continue_prompt": ("続きを書いてください。", "Please continue."),
     "error_title": ("エラー", "Error"),
     "notice_title": ("お知らせ", "Notice"),
+    "licence_acknowledged": ("{licence} の条件を確認しました。", "Acknowledged: {licence}."),
     "feedback_thanks": ("評価を記録しました。ありがとうございます。", "Your rating is recorded. Thank you."),
     "feedback_none": ("評価できる返答がまだありません。", "There is no reply to rate yet."),
     "nothing_to_export": ("書き出す会話がまだありません。", "There is no conversation to export yet."),

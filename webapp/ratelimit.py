@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from limits import RateLimitItem, parse, parse_many
+from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
@@ -79,13 +79,6 @@ def _parse(spec: str) -> list[RateLimitItem]:
     return parse_many(spec) if spec else []
 
 
-def valid_rate(spec: str) -> str:
-    """``spec`` if the ``limits`` library understands it (settings validation)."""
-    for part in filter(None, (p.strip() for p in spec.split(";"))):
-        parse(part)
-    return spec
-
-
 @dataclass(eq=False)  # held in sets by identity
 class Ticket:
     """One reply's place among its caller's: the event that stops it, and whether a withdrawal did."""
@@ -142,8 +135,3 @@ class InFlight:
             ticket.withdrawn = True
             ticket.stop.set()
         return len(tickets)
-
-    def count(self, identity: str) -> int:
-        """Replies of ``identity`` waiting or running now."""
-        with self._lock:
-            return len(self._tickets.get(identity, ()))

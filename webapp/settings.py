@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
-import secrets
 from pathlib import Path
 from typing import Literal
 
+from limits import parse
 from pydantic import AliasChoices, AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import make_url
+from pydantic_settings import SettingsConfigDict
 
-from db.chain import Keyring
+from db.settings import DatabaseSettings, spaces_storage
 from inference import hub
 from inference.registry import Server
 
-# Hugging Face Spaces mounts persistent storage here when it is enabled.
-SPACES_PERSISTENT_DIR = Path("/data")
 MODEL_MODES = ("auto", "real", "tiny", "all")
-
-
-def on_spaces() -> bool:
-    """Whether this runs in a Hugging Face Space (which sets ``SPACE_ID``), whatever the disk holds."""
-    return bool(os.environ.get("SPACE_ID"))
-
-
-def spaces_storage() -> Path | None:
-    """The Space's persistent storage, when this is a Space and it has some."""
-    return SPACES_PERSISTENT_DIR if on_spaces() and SPACES_PERSISTENT_DIR.is_dir() else None
-
-
-def _default_data_dir() -> Path:
-    return spaces_storage() or Path("data").resolve()
 
 
 def _default_hub_cache() -> Path | None:
@@ -60,13 +41,15 @@ class RemoteModel(BaseModel):
     api_key: SecretStr | None = Field(None, description="This server's key; LLMJP_REMOTE_API_KEY when unset.")
 
 
-class Settings(BaseSettings):
-    """Configuration of the demo. Each field is an environment variable (see README)."""
+class Settings(DatabaseSettings):
+    """Configuration of the demo. Each field is an environment variable (see README).
+
+    The database's own fields (``data_dir``, ``database_url``, the secret and audit keys) come from
+    ``DatabaseSettings``, which the database command line reads alone.
+    """
 
     model_config = SettingsConfigDict(env_prefix="LLMJP_", extra="ignore", frozen=True)
 
-    data_dir: Path = Field(default_factory=_default_data_dir, description="Database, secrets and tiny models.")
-    database_url: str | None = Field(None, description="SQLAlchemy URL; SQLite in data_dir when unset.")
     default_model: str | None = Field(None, description="Model selected on arrival.")
     models: str = Field(
         "auto",
@@ -138,9 +121,6 @@ class Settings(BaseSettings):
     )
     remote_concurrency: int = Field(16, ge=1, le=1024, description="Requests in flight at once per remote server.")
     hf_token: SecretStr | None = Field(None, validation_alias=AliasChoices("HF_TOKEN", "LLMJP_HF_TOKEN"))
-    secret_key: SecretStr | None = Field(
-        None, description="Signs receipts and salts address hashes; generated into data_dir when unset."
-    )
     receipt_days: int = Field(90, ge=1, le=3650, description="How long a browser's receipt is honoured.")
     oauth: bool = Field(
         default_factory=lambda: bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_SECRET")),
@@ -148,15 +128,6 @@ class Settings(BaseSettings):
     )
     admin_users: str = Field("", description="Comma-separated Hugging Face usernames allowed the Admin tab.")
     admin_token: SecretStr | None = Field(None, description="Token that grants the admin endpoints.")
-    audit_key: SecretStr | None = Field(
-        None,
-        description="Signs the audit chain (HMAC-SHA256); derived from the server secret when unset. Keep it "
-        "out of the database and its backups.",
-    )
-    audit_old_keys: list[SecretStr] = Field(
-        default_factory=list,
-        description='Retired audit keys, as JSON ["old-key", ...]: events signed before a rotation still verify.',
-    )
     contact_retention_days: int | None = Field(
         None, ge=1, description="Erase contact fields older than this many days; unset keeps them."
     )
@@ -193,13 +164,12 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _rate(cls, value: str) -> str:
-        # Imported here: ratelimit pulls in Gradio, which the database CLI must start without.
-        from webapp.ratelimit import valid_rate
-
         try:
-            return valid_rate(value)
+            for part in filter(None, (p.strip() for p in value.split(";"))):
+                parse(part)
         except ValueError as exc:
             raise ValueError(f"not a rate such as '20/minute': {value!r}") from exc
+        return value
 
     @field_validator("models")
     @classmethod
@@ -239,16 +209,6 @@ class Settings(BaseSettings):
         return _ids(self.preload)
 
     @property
-    def resolved_database_url(self) -> str:
-        """The database URL in force."""
-        return self.database_url or f"sqlite:///{self.data_dir / 'llmjp-demo.sqlite3'}"
-
-    @property
-    def database_url_redacted(self) -> str:
-        """The database URL with any password hidden, for logs."""
-        return make_url(self.resolved_database_url).render_as_string(hide_password=True)
-
-    @property
     def offline(self) -> bool:
         """Whether the hub must not be contacted at all."""
         return self.hub_offline or hub.offline_by_env()
@@ -262,45 +222,6 @@ class Settings(BaseSettings):
     def admins(self) -> frozenset[str]:
         """Hugging Face usernames with access to the Admin tab."""
         return frozenset(u.strip() for u in self.admin_users.split(",") if u.strip())
-
-    def server_secret(self, *, create: bool = True) -> bytes:
-        """The server's secret: from settings, else kept in ``data_dir/secret_key`` (created once, mode 0600).
-
-        ``create=False`` (checking tools) raises ``FileNotFoundError`` rather than make a new one.
-        """
-        if self.secret_key:
-            return self.secret_key.get_secret_value().encode()
-        path = self.data_dir / "secret_key"
-        if not create and not path.is_file():
-            raise FileNotFoundError(f"no server secret at {path} (and LLMJP_SECRET_KEY is unset)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # O_EXCL: when several replicas start at once, exactly one writes it.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
-        value = path.read_text().strip()
-        if len(value) < 32:
-            raise RuntimeError(f"{path} is too short to be a secret; delete it to have a new one made")
-        return value.encode()
-
-    def audit_keyring(self, *, create: bool = True) -> Keyring:
-        """The key that signs new audit events, and the retired ones that still verify old events.
-
-        ``LLMJP_AUDIT_KEY``, else the hex HMAC-SHA256(server secret, "llmjp-demo/audit-key").
-        """
-        current = (
-            self.audit_key.get_secret_value().encode()
-            if self.audit_key
-            # Hex text, so that a retired derived key can be listed in LLMJP_AUDIT_OLD_KEYS as it is.
-            else hmac.new(self.server_secret(create=create), b"llmjp-demo/audit-key", hashlib.sha256)
-            .hexdigest()
-            .encode()
-        )
-        return Keyring.of(current, (k.get_secret_value().encode() for k in self.audit_old_keys))
 
     @property
     def token(self) -> str | None:

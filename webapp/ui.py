@@ -17,7 +17,7 @@ from webapp.chat_page import ChatPage
 from webapp.errors import user_errors
 from webapp.guard import Guard
 from webapp.handlers import Handlers
-from webapp.i18n import HEAD, I18N, t
+from webapp.i18n import HEAD, I18N, say, t
 from webapp.ratings import Ratings
 from webapp.settings import Settings
 from webapp.terms import Terms
@@ -224,8 +224,23 @@ def build(
         ui_chat.wire(chat, chat_page, lang=lang, receipt=receipt).then(
             user_errors(page_state), state_inputs, state_outputs, api_name="page_model_state", **private
         )
+
+        def acknowledge(
+            model_id: str,
+            receipt_value: str | None,
+            lang_value: str,
+            request: gr.Request,
+            profile: gr.OAuthProfile | None,
+        ) -> None:
+            """The page's acknowledgement: the confirmation comes as a notice in the page's language."""
+            handlers.acknowledge_licence(model_id, receipt_value, request, profile)
+            licence = handlers.inference.registry.get(model_id).license.name
+            gr.Info(
+                say(lang_value, "licence_acknowledged").format(licence=licence), title=say(lang_value, "notice_title")
+            )
+
         chat.acknowledge.click(
-            user_errors(handlers.acknowledge_licence), [chat.model, receipt], None, api_name="page_ack", **private
+            user_errors(acknowledge), [chat.model, receipt, lang], None, api_name="page_ack", **private
         ).success(
             lambda: gr.Button(t("acknowledge"), visible=False),
             None,

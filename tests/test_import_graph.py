@@ -1,0 +1,76 @@
+"""The packages' dependencies point one way: ``webapp`` uses ``db`` and ``inference``, never the reverse.
+
+So the database command line starts without Gradio or torch, and inference can be
+used (and benchmarked) without the web app or a database.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# What each package may not import, at any depth of its code (functions and TYPE_CHECKING blocks included).
+FORBIDDEN = {
+    "db": {"webapp", "inference", "gradio", "torch", "transformers"},
+    "inference": {"webapp", "db", "gradio"},
+}
+
+
+def imported_packages(path: Path, package: str) -> dict[str, int]:
+    """The top-level names ``path`` imports, each with the first line that does."""
+    found: dict[str, int] = {}
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [package if node.level else node.module or ""]
+        else:
+            continue
+        for name in names:
+            found.setdefault(name.split(".")[0], node.lineno)
+    return found
+
+
+def test_the_parser_sees_every_kind_of_import(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text(
+        "import a.b\nfrom c import d\nfrom . import e\n"
+        "def f():\n    import g\n"
+        "if TYPE_CHECKING:\n    from h.i import j\n"
+    )
+    assert set(imported_packages(source, "db")) == {"a", "c", "db", "g", "h"}
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_imports_point_one_way(package: str) -> None:
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for name, line in imported_packages(path, package).items()
+        if name in FORBIDDEN[package]
+    ]
+    assert wrong == []
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        # The database command line, as an operator runs it.
+        "import runpy, sys; sys.argv = ['db', '--help']; runpy.run_module('db', run_name='__main__')",
+        # Settings are read (and validated) before the app is built, by tools and tests that need no Gradio.
+        "from webapp.settings import Settings; Settings(rate_chat='5/second;100/hour')",
+        "import db.engine, db.audit, db.export, db.settings",
+    ],
+)
+def test_light_entry_points_leave_heavy_packages_unimported(code: str) -> None:
+    check = f"import sys\ntry:\n    {code}\nexcept SystemExit:\n    pass\nprint(sorted({{m.split('.')[0] for m in sys.modules}}))"
+    out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = set(ast.literal_eval(out.stdout.splitlines()[-1]))
+    assert "db" in loaded or "webapp" in loaded  # the code above did run
+    assert loaded.isdisjoint({"gradio", "torch", "transformers"}), loaded & {"gradio", "torch", "transformers"}
