@@ -150,7 +150,8 @@ def note_title(lang: str | None, o: Outcome) -> str:
         if o.cut
         else []
     )
-    return " · ".join(marks + parts)
+    # The mark last: where a phone cuts the line short, model, tokens and speed still show.
+    return " · ".join(parts + marks)
 
 
 ENGINE_NAMES = {"vllm": "vLLM", "transformers": "transformers"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import gradio as gr
@@ -79,13 +79,14 @@ def render(terms: Terms, privacy_notice: Callable[[], None]) -> TermsView:
 
 
 def accepted_text(lang: str | None, when: datetime, terms: Terms) -> str:
-    """ "Accepted on <date> (version <short hash>)", in the page's language."""
-    day = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    """ "Accepted on <date> (version <short hash>)", in the page's language (Japan's time on a Japanese page)."""
     short = terms.sha256[:12]
+    jst = when.astimezone(timezone(timedelta(hours=9), "JST")).strftime("%Y-%m-%d %H:%M")
+    utc = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return pick(
         lang,
-        f"✓ {day} に利用規約(版 `{short}`)に同意済みです。チャットを利用できます。",
-        f"✓ You accepted the terms of use on {day} (version `{short}`); the chat is open.",
+        f"✓ {jst}(日本時間)に利用規約(版 `{short}`)に同意済みです。チャットを利用できます。",
+        f"✓ You accepted the terms of use on {utc} (version `{short}`); the chat is open.",
     )
 
 
