@@ -118,6 +118,19 @@ def has_consent(session: Session, *, identity: str, terms_id: str, terms_sha256:
     return latest is not None and tuple(latest) == (EventKind.ACCEPTED.value, terms_id, terms_sha256)
 
 
+def accepted_at(session: Session, *, identity: str, terms_id: str, terms_sha256: str) -> datetime | None:
+    """When ``identity`` accepted these terms, if that acceptance is their latest consent event."""
+    latest = session.execute(
+        select(Event.kind, Event.terms_id, Event.terms_sha256, Event.created_at)
+        .where(Event.identity == identity, Event.kind.in_([k.value for k in _CONSENT_KINDS]))
+        .order_by(Event.seq.desc())
+        .limit(1)
+    ).first()
+    if latest is None or tuple(latest[:3]) != (EventKind.ACCEPTED.value, terms_id, terms_sha256):
+        return None
+    return latest[3]
+
+
 def has_acknowledged(session: Session, *, identity: str, licence: str) -> bool:
     """Whether ``identity`` has acknowledged ``licence``'s terms."""
     found = session.scalar(

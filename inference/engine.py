@@ -268,6 +268,7 @@ class _Reply:
             seconds=time.monotonic() - self.started,
             finish_reason=outcome.finish_reason,
             dropped_turns=prompt.dropped_turns if prompt else 0,
+            prompt_text=prompt.text if prompt else None,
         )
 
     async def run(self) -> AsyncIterator[str | Status]:

@@ -90,6 +90,14 @@ def needs_token(spec: ModelSpec) -> ModelUnavailable:
     )
 
 
+def cannot_download(spec: ModelSpec) -> ModelUnavailable:
+    """The message for a checkpoint not in the cache while the hub cannot be reached."""
+    return ModelUnavailable(
+        f"{spec.source} をダウンロードできません(ネットワークがないかオフラインです)。tiny- モデルを選ぶか、重みを事前に取得してください。",
+        f"Cannot download {spec.source} (no network, or offline mode). Choose a tiny- model or fetch the weights first.",
+    )
+
+
 def explain(spec: ModelSpec, exc: BaseException) -> ModelUnavailable:
     """A visitor-facing explanation of why ``spec`` could not be loaded."""
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
@@ -107,10 +115,7 @@ def explain(spec: ModelSpec, exc: BaseException) -> ModelUnavailable:
             f"Repository {spec.source} was not found (check its name, or HF_TOKEN).",
         )
     if isinstance(exc, LocalEntryNotFoundError) or "offline" in str(exc).lower():
-        return ModelUnavailable(
-            f"{spec.source} をダウンロードできません(ネットワークがないかオフラインです)。tiny- モデルを選ぶか、重みを事前に取得してください。",
-            f"Cannot download {spec.source} (no network, or offline mode). Choose a tiny- model or fetch the weights first.",
-        )
+        return cannot_download(spec)
     return ModelUnavailable(
         f"{spec.id} を読み込めませんでした: {type(exc).__name__}",
         f"Could not load {spec.id}: {type(exc).__name__}",

@@ -115,6 +115,8 @@ class Finished:
     finish_reason: FinishReason
     """``stop``: the model ended its reply; ``length``: max_new_tokens or the context; ``cancelled``: stopped."""
     dropped_turns: int
+    prompt_text: str | None = None
+    """The exact text the model was given (its chat template written out, special tokens included)."""
 
     def describe(self) -> str:
         rate = f", {self.completion_tokens / self.seconds:.1f} tok/s" if self.seconds > 0 else ""

@@ -109,9 +109,11 @@ def test_locked_accept_and_stream(running_app: RunningApp, page) -> None:
         "aria-selected", "true", timeout=15_000
     )
 
-    # Withdrawing asks first, says what it keeps, then locks the chat at once and clears the form.
+    # The Terms tab tells a returning visitor when they accepted, instead of an empty form.
     page.get_by_role("tab", name="利用規約").click()
-    fill_form(page, "例 太郎", "example@example.com")
+    expect(page.locator("#accepted-note")).to_contain_text("同意済み", timeout=15_000)
+    expect(page.get_by_label("氏名 *")).to_be_hidden()
+    # Withdrawing asks first, says what it keeps, then locks the chat at once and shows the form, empty.
     page.get_by_role("button", name="同意を撤回する…").click()
     confirm = page.get_by_text("監査ログから削除されません")
     expect(confirm).to_be_visible()

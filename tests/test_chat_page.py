@@ -51,8 +51,8 @@ def test_the_page_and_the_api_read_message_parts_alike() -> None:
 def test_the_note_marks_stopped_and_cut_replies_and_shows_speed() -> None:
     done = note_title("ja", Outcome(label="tiny-llama", seconds=2.0, tokens=50))
     assert done == "tiny-llama · 50 トークン · 25.0 トークン/秒"
-    assert note_title("ja", Outcome(label="m", seconds=1.0, stopped=True)).startswith("⏹ 停止しました")
-    assert note_title("en", Outcome(label="m", seconds=1.0, tokens=9, cut=True)).startswith("✂ Cut off")
+    assert note_title("ja", Outcome(label="m", seconds=1.0, stopped=True)).endswith("■ 停止しました")
+    assert note_title("en", Outcome(label="m", seconds=1.0, tokens=9, cut=True)).endswith("✂ Cut off at the limit")
     # Without token counts nothing is guessed: the model only.
     assert note_title("en", Outcome(label="m", seconds=1.0)) == "m"
 

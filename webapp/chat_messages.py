@@ -14,6 +14,7 @@ from typing import Any
 
 from inference.progress import Status, Trimmed
 from webapp.i18n import pick, say
+from webapp.prompt_view import prompt_section
 
 Messages = list[dict[str, Any]]
 
@@ -108,9 +109,14 @@ class Outcome:
     dropped_turns: int = 0
 
 
+def short_name(label: str) -> str:
+    """A model's label without its parenthesised details: one short line on a phone."""
+    return label.split(" (", 1)[0]
+
+
 def note_title(lang: str | None, o: Outcome) -> str:
-    """The quiet line above a reply: model, tokens, speed; marked when stopped or cut."""
-    parts = [o.label]
+    """The quiet line above a reply: short model name, tokens, speed; marked when stopped or cut."""
+    parts = [short_name(o.label)]
     if o.tokens > 0:
         parts.append(f"{o.tokens} {say(lang, 'tokens')}")
         if o.seconds > 0:
@@ -124,7 +130,8 @@ def note_title(lang: str | None, o: Outcome) -> str:
         if o.cut
         else []
     )
-    return " · ".join(marks + parts)
+    # The mark last: where a phone cuts the line short, model, tokens and speed still show.
+    return " · ".join(parts + marks)
 
 
 ENGINE_NAMES = {"vllm": "vLLM", "transformers": "transformers"}
@@ -135,6 +142,7 @@ def note_body(lang: str | None, record: dict[str, Any]) -> str:
     s = record["sampling"]
     seed = s.get("seed")
     rows = [
+        f"{record.get('model_label', record['model_id'])}",
         f"model: `{record['model_id']}`" + (f" (revision `{record['revision']}`)" if record.get("revision") else ""),
         f"engine: {ENGINE_NAMES.get(record.get('engine', ''), record.get('engine', '?'))}",
         "sampling: "
@@ -144,4 +152,6 @@ def note_body(lang: str | None, record: dict[str, Any]) -> str:
     ]
     if record.get("dropped_turns"):
         rows.append(trimmed_text(lang, record["dropped_turns"]))
+    if shown := prompt_section(lang, record):
+        rows.append(shown)
     return "\n\n".join(rows)

@@ -66,14 +66,16 @@ class ChatPage:
         """The card's own max_new_tokens and the licence line, in the page's language."""
         spec = self.registry.get(model_id)
         card = f"{say(lang, 'card_value')}: max_new_tokens = {spec.sampling.max_new_tokens}"
-        return card, licence_markdown(spec, lang or "ja")
+        # A model that cannot load here says why, under its licence.
+        unavailable = self.handlers.availability.note(spec, lang) if self.handlers.availability else ""
+        return card, "\n\n".join(filter(None, [licence_markdown(spec, lang or "ja"), unavailable]))
 
     # -- feedback ----------------------------------------------------------------
 
     def rate(
         self, messages: Messages, replies: dict[str, Any], lang: str, data: gr.LikeData, request: gr.Request
     ) -> tuple[Any, ...]:
-        """A 👍/👎 on a reply is stored at once; the comment box opens for an optional comment."""
+        """A like or dislike on a reply is stored at once; the comment box opens for an optional comment."""
         # Every rating adds a row: counted against the caller's chat rate, so clicking (or calling
         # the queue) in a loop cannot fill the table.
         self.handlers.limits.check("chat", self.handlers.caller(request, None, None))
@@ -93,7 +95,7 @@ class ChatPage:
                 sampling=record["sampling"],
             )
             row_id = row.id
-        marker = "👍" if rating is feedback.Rating.UP else "👎"
+        marker = say(lang, "rated_up" if rating is feedback.Rating.UP else "rated_down")
         return {"id": row_id, "index": index}, gr.Group(visible=True), f"{marker} {record['model_label']}"
 
     def annotate(

@@ -109,6 +109,12 @@ class Settings:
     receipt: str | None
     request: gr.Request
     profile: gr.OAuthProfile | None
+    before: Messages | None = None
+    """The conversation as it was before the event: given back if the reply fails."""
+    draft: str | None = None
+    """Text to put back in the message box if the reply fails (None leaves the box alone)."""
+    clears_box: bool = False
+    """The reply's text came from the message box, which empties as the reply starts."""
 
 
 class _Stopped(Exception):
@@ -148,7 +154,11 @@ class ReplyStreams:
                 yield SKIP
                 return
             sampling = sampling_values(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
-            settings = Settings(model_id, sampling, dict(replies or {}), lang, receipt, request, profile)
+            draft = keep_typed(choose, message or "", chosen[1])
+            settings = Settings(
+                model_id, sampling, dict(replies or {}), lang, receipt, request, profile,
+                messages or [], draft, clears_box=choose is typed,
+            )  # fmt: skip
             async for update in self.stream(*chosen, settings):
                 yield update
 
@@ -224,7 +234,8 @@ class ReplyStreams:
         }
         user = {"role": "user", "content": text}
         generating = say(s.lang, "generating")
-        yield [*shown, user, note(rid, generating, "", pending=True, log_line=spec.label)], "", gr.skip()
+        box = "" if s.clears_box else gr.skip()
+        yield [*shown, user, note(rid, generating, "", pending=True, log_line=spec.label)], box, gr.skip()
         reply, finished, dropped, was_stopped = "", None, 0, False
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -260,7 +271,12 @@ class ReplyStreams:
                 log.exception("reply failed")
                 gr.Warning(say(s.lang, "error_title"), title=say(s.lang, "notice_title"))
             self._release(key, stopped)
-            yield shown, gr.skip(), gr.skip()
+            # Nothing typed is lost: the conversation as it was, and the text back in the box.
+            yield (
+                plain(s.before) if s.before is not None else shown,
+                gr.skip() if s.draft is None else s.draft,
+                gr.skip(),
+            )
             yield SETTLED
             return
         # Free before the last update: the visitor may send again as soon as Send shows.
@@ -297,6 +313,7 @@ def _conclude(
         "completion_tokens": outcome.tokens or None,
         "finish_reason": "cancelled" if outcome.stopped else (finished.finish_reason if finished else None),
         "dropped_turns": dropped,
+        "prompt_text": finished.prompt_text if finished else None,
     }
     return outcome
 
@@ -317,6 +334,16 @@ async def _next_or_stop(stream: AsyncIterator[Any], stopped: asyncio.Event) -> A
     with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
         await nxt
     raise _Stopped
+
+
+def keep_typed(choose: Pick, box: str, text: str) -> str | None:
+    """What the message box gets back if an admitted reply fails: the sent message, or an edit's text
+    when the box is empty (a draft in it is not overwritten); None leaves the box as it is."""
+    if choose is typed:
+        return box
+    if choose is edited and not box.strip():
+        return text
+    return None
 
 
 def sampling_values(

@@ -11,6 +11,7 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.exc import SQLAlchemyError
@@ -293,6 +294,15 @@ class Gate:
             return False
         with self._database("reading consent"), self.sessions() as session:
             return audit.has_consent(
+                session, identity=caller.identity, terms_id=self.terms.id, terms_sha256=self._sha256
+            )
+
+    def accepted_at(self, caller: Caller) -> datetime | None:
+        """When ``caller`` accepted the current terms, or None when they hold no such acceptance."""
+        if caller.identity is None or caller.identity in self._withdrawn:
+            return None
+        with self._database("reading consent"), self.sessions() as session:
+            return audit.accepted_at(
                 session, identity=caller.identity, terms_id=self.terms.id, terms_sha256=self._sha256
             )
 

@@ -17,6 +17,7 @@ from inference.lazy import Deferred
 from inference.registry import DEFAULT_TINY_MODEL, Architecture, Endpoint, Server
 from webapp import ui
 from webapp.admin import Admin
+from webapp.availability import Availability
 from webapp.consent import Gate
 from webapp.handlers import Handlers
 from webapp.identity import Identities
@@ -212,6 +213,12 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
         sessions, terms, identities, on_withdraw=in_flight.cancel, retention_days=settings.contact_retention_days
     )
     gate.sweep()
+    # Offline means what loading would see: the setting, or a hub that does not answer now.
+    availability = Availability(
+        token=settings.token,
+        offline=lambda: settings.offline or not reachable(),
+        hub_cache=str(settings.hub_cache) if settings.hub_cache else None,
+    )
     handlers = Handlers(
         gate=gate,
         inference=Inference(
@@ -233,6 +240,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
             }
         ),
         in_flight=in_flight,
+        availability=availability,
     )
     admin = Admin(
         sessions,

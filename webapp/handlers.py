@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from inference import AppError, Inference, InvalidInput, Message, ModelSpec, SamplingOptions
 from inference.progress import Status
+from webapp.availability import Availability
 from webapp.chat_messages import text_of
 from webapp.consent import AcceptanceForm, Gate
 from webapp.errors import ConsentRequired, LicenceNotAcknowledged
@@ -130,8 +131,10 @@ class Handlers:
         max_message_chars: int,
         limits: RateLimits,
         in_flight: InFlight,
+        availability: Availability | None = None,
     ) -> None:
         self.gate = gate
+        self.availability = availability
         self.inference = inference
         self.max_message_chars = max_message_chars
         self.limits = limits
@@ -199,6 +202,9 @@ class Handlers:
     def _admit(self, caller: Caller, message: object, spec: ModelSpec, sampling: dict[str, Any]) -> SamplingOptions:
         """The gate, then the message and the options: all before any token is generated."""
         self.gate.admit(caller, spec)
+        # Before the message box is emptied: nothing is lost, and no one waits for a load that cannot succeed.
+        if self.availability is not None and (unavailable := self.availability.reason(spec)):
+            raise unavailable
         if not isinstance(message, str) or not visible(message):
             raise InvalidInput("メッセージを入力してください。", "Please type a message.")
         if len(message) > self.max_message_chars:

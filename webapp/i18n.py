@@ -103,8 +103,8 @@ TEXTS: dict[str, tuple[str, str]] = {
     "export_file": ("書き出したファイル", "Exported file"),
     "feedback": ("返答の評価", "Rate a reply"),
     "feedback_help": (
-        "返答の 👍 / 👎 を押すと、ここにコメント欄が開きます。",
-        "Press 👍 / 👎 on a reply to open a comment box here.",
+        "返答の「いいね」「よくないね」を押すと、ここにコメント欄が開きます。",
+        "Press Like or Dislike on a reply to open a comment box here.",
     ),
     "feedback_comment": ("コメント(任意)", "Comment (optional)"),
     "feedback_share": (
@@ -124,12 +124,9 @@ TEXTS: dict[str, tuple[str, str]] = {
     "feedback_export": ("評価の書き出し (CSV)", "Ratings export (CSV)"),
     # Server-written text
     "generating": ("生成中…", "Generating…"),
-    "stopped": ("⏹ 停止しました", "⏹ Stopped"),
-    "cut": ("✂ 長さの上限で打ち切りました", "✂ Cut off at the length limit"),
-    "shared": (
-        "✂ 順番を待つ方がいるため区切りました(「続ける」で続きを生成)",
-        "✂ Paused for visitors waiting their turn (continue to go on)",
-    ),
+    "stopped": ("■ 停止しました", "■ Stopped"),
+    "cut": ("✂ 上限で打ち切り", "✂ Cut off at the limit"),
+    "shared": ("✂ 順番待ちの方のため区切り", "✂ Paused for visitors waiting"),
     "tokens": ("トークン", "tokens"),
     "tok_s": ("トークン/秒", "tokens/s"),
     "busy": (
@@ -153,10 +150,17 @@ TEXTS: dict[str, tuple[str, str]] = {
     "field_invalid": ("制御文字を含めず、長すぎない値にしてください。", "No control characters, and not too long."),
     "field_agree": ("同意する場合はチェックしてください。", "Tick this to agree."),
     "card_value": ("モデルカードの値", "model card's value"),
+    "rated_up": ("高評価", "Liked"),
+    "rated_down": ("低評価", "Disliked"),
 }
 
 # Gradio's own words that its Japanese dictionary lacks.
-_GRADIO_JA = {"common.complete": "完了"}
+_GRADIO_JA = {
+    "common.complete": "完了",
+    "chatbot.copy_message": "メッセージをコピー",
+    "chatbot.copied_message": "コピーしました",
+    "chatbot.complete": "完了",
+}
 
 I18N = gr.I18n(ja={k: v[0] for k, v in TEXTS.items()} | _GRADIO_JA, en={k: v[1] for k, v in TEXTS.items()})
 

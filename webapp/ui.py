@@ -38,9 +38,33 @@ CSS = """
 body:has(#chatbot .loading-spinner) #send, body:not(:has(#chatbot .loading-spinner)) #stop {
   display: none !important; }
 .chat-buttons > * { flex: 1 1 0 !important; min-width: 0 !important; }
-#page-header { align-items: center; }
-#page-header h1 { margin: 0; }
-#language { flex-grow: 0 !important; }
+#page-header { align-items: center; flex-wrap: nowrap !important; }
+#page-header h1 { margin: 0; white-space: nowrap; }
+/* The language switch: two small segments, not a box that wraps the title on a phone. */
+#language { flex-grow: 0 !important; padding: 0 !important; border: none !important;
+  background: none !important; }
+#language .wrap { flex-wrap: nowrap !important; gap: 0 !important; }
+#language label { padding: 2px 10px !important; margin: 0 !important; font-size: var(--text-sm);
+  border-radius: 0 !important; box-shadow: none !important; white-space: nowrap; }
+#language label:first-child { border-radius: 6px 0 0 6px !important; }
+#language label:last-child { border-radius: 0 6px 6px 0 !important; }
+#language input[type=radio] { display: none; }
+#language label.selected { background: var(--button-primary-background-fill) !important;
+  color: var(--button-primary-text-color) !important; }
+#model-licence { font-size: var(--text-sm); }
+/* What chatting needs stays in reach: the conversation fills the window down to the message box,
+   which stays pinned at its bottom while the conversation scrolls. */
+#chatbot { height: clamp(200px, calc(100dvh - 330px), 1000px) !important; }
+/* Gradio's container hides its overflow, which makes it the scroller that "sticky" sticks to; clip
+   still cuts what overflows sideways, without being a scroller. */
+.gradio-container { overflow: clip !important; }
+#composer { position: sticky; bottom: 0; z-index: 30; gap: 6px; padding: 6px 0;
+  background: var(--body-background-fill); box-shadow: 0 -8px 10px -10px rgba(0, 0, 0, 0.35); }
+/* A reply's note is one quiet line (model · tokens · speed); opening it shows the details. */
+#chatbot .title .md { min-width: 0; overflow: hidden; }
+#chatbot .title .md p { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; margin: 0; }
+.prompt-view summary { cursor: pointer; font-weight: 600; }
+.prompt-view pre { max-height: 24em; overflow: auto; white-space: pre-wrap; }
 /* Gradio titles its toasts with the English type name; say it in Japanese on a Japanese page. */
 html[lang^="ja"] .toast-title { font-size: 0 !important; }
 html[lang^="ja"] .toast-title::before { font-size: var(--text-md); }
@@ -50,6 +74,10 @@ html[lang^="ja"] .toast-title.error::before { content: "エラー"; }
 html[lang^="ja"] .toast-title.success::before { content: "完了"; }
 @media (max-width: 640px) {
   #page-header h1 { font-size: 1.3em; }
+  #chatbot { height: clamp(200px, calc(100dvh - 360px), 1000px) !important; }
+  #chatbot .title { font-size: 0.78em; }
+  #chatbot .title .duration { display: none; }
+  #model-licence { font-size: 0.8em; }
   #model-row { flex-direction: column !important; }
   #language .wrap { flex-direction: row !important; }
   .tab-container button, [role="tab"] { padding-left: 0.6em; padding-right: 0.6em; }
@@ -142,7 +170,7 @@ def build(
                 show_label=False,
                 elem_id="language",
                 scale=0,
-                min_width=190,
+                min_width=130,
             )
             if oauth:
                 gr.LoginButton("Hugging Face でサインイン / Sign in with Hugging Face", size="sm", scale=0)
@@ -153,7 +181,7 @@ def build(
                     token_box = gr.Textbox(label=t("admin_token"), type="password", max_lines=1)
                     sign_in = gr.Button(t("admin_open"), size="sm")
             with gr.Tab(t("chat_locked"), id="chat", interactive=False) as chat_tab:
-                chat = ui_chat.render(registry)
+                chat = ui_chat.render(registry, handlers.availability)
             with gr.Tab(t("admin_tab"), id="admin", visible=False) as admin_tab:
                 view = _render_admin()
         view.token_box, view.sign_in = token_box, sign_in
@@ -162,13 +190,17 @@ def build(
             model_id: str,
             receipt_value: str | None,
             token: str,
+            language: str,
             request: gr.Request,
             profile: gr.OAuthProfile | None,
         ) -> dict[Any, Any]:
             """Lock or unlock the chat, and show what this caller may do, from the server's record."""
             caller = handlers.caller(request, profile, receipt_value)
             accepted = handlers.gate.has_consent(caller)
+            note, fill = terms_page.returning(receipt_value, language, request, profile)
             return {
+                form.accepted_note: note,
+                form.fill: fill,
                 tabs: gr.Tabs(selected="chat" if accepted else "terms"),
                 chat_tab: gr.Tab(interactive=accepted, label=t("chat_open" if accepted else "chat_locked")),
                 form.withdraw: gr.Button(t("withdraw"), visible=accepted),
@@ -179,11 +211,18 @@ def build(
                 admin_tab: gr.Tab(t("admin_tab"), visible=admin.is_admin(profile, token)),
             }
 
-        state_outputs = [tabs, chat_tab, form.withdraw, chat.acknowledge, admin_tab]
-        state_inputs = [chat.model, receipt, admin_grant]
+        state_outputs = [tabs, chat_tab, form.withdraw, chat.acknowledge, admin_tab, form.accepted_note, form.fill]
+        state_inputs = [chat.model, receipt, admin_grant, lang]
         # The page's language comes from the browser (or the visitor's saved choice).
         demo.load(None, None, lang, js="() => (window.llmjpInit ? window.llmjpInit() : 'ja')", **private)
         lang.input(None, lang, lang, js="(l) => window.llmjpSetLang(l)", **private)
+        lang.change(
+            user_errors(terms_page.returning),
+            [receipt, lang],
+            [form.accepted_note, form.fill],
+            api_name="page_terms_note",
+            **private,
+        )
         demo.load(user_errors(page_state), state_inputs, state_outputs, api_name="page_load", **private)
         # Gradio mounts what sits in an unselected tab or a closed accordion only when it is first shown,
         # and a frame later sends it the values it was built with once more: what was typed into a box in

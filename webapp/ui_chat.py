@@ -9,6 +9,7 @@ import gradio as gr
 
 from inference import Registry
 from inference.sampling import bounds
+from webapp.availability import Availability
 from webapp.chat_page import ChatPage
 from webapp.errors import user_errors
 from webapp.handlers import licence_markdown
@@ -20,6 +21,14 @@ EXAMPLES = [
     "日本の四季の特徴を、小学生にもわかるように説明してください。",
     "「吾輩は猫である」の冒頭を要約してください。",
     "大規模言語モデルとは何か、三行で説明してください。",
+]
+
+
+LATEX = [
+    {"left": "$$", "right": "$$", "display": True},
+    {"left": "$", "right": "$", "display": False},
+    {"left": "\\[", "right": "\\]", "display": True},
+    {"left": "\\(", "right": "\\)", "display": False},
 ]
 
 
@@ -51,20 +60,25 @@ def _slider(name: str, label: Any, info: Any, value: float, step: float) -> gr.S
     return gr.Slider(minimum=lo, maximum=hi, value=value, step=step, label=label, info=info, elem_id=f"slider-{name}")
 
 
-def render(registry: Registry) -> ChatView:
+def render(registry: Registry, availability: Availability | None = None) -> ChatView:
     """The chat tab's components. Model first, so a phone shows it above the conversation."""
     default = registry.get(registry.default_id)
     s = chat_defaults(default)
+    specs = list(registry.specs.values())
+    choices = availability.choices(specs) if availability else [(spec.label, spec.id) for spec in specs]
+    unavailable = availability.note(default, "ja") if availability else ""
     with gr.Row(equal_height=True, elem_id="model-row"):
         model = gr.Dropdown(
-            choices=[(spec.label, spec.id) for spec in registry.specs.values()],
+            choices=choices,
             value=default.id,
             label=t("model"),
             scale=2,
             min_width=200,
             elem_id="model-picker",
         )
-        licence = gr.Markdown(licence_markdown(default, "ja"), elem_id="model-licence")
+        licence = gr.Markdown(
+            "\n\n".join(filter(None, [licence_markdown(default, "ja"), unavailable])), elem_id="model-licence"
+        )
     acknowledge = gr.Button(t("acknowledge"), visible=False, size="sm")
     chatbot = gr.Chatbot(
         label=t("conversation"),
@@ -73,25 +87,31 @@ def render(registry: Registry) -> ChatView:
         editable="user",
         placeholder=t("chat_placeholder"),
         examples=[{"text": e} for e in EXAMPLES],
+        # $…$ inline and $$…$$ displayed, as researchers write maths; \(…\) and \[…\] as LaTeX does.
+        latex_delimiters=LATEX,
         elem_id="chatbot",
     )
-    message = gr.Textbox(
-        label=t("message"),
-        placeholder=t("message_placeholder"),
-        lines=1,
-        max_lines=8,
-        elem_id="chat-message",
-    )
-    with gr.Row(elem_classes=["chat-buttons"]):
-        send = gr.Button(t("send"), variant="primary", min_width=0, elem_id="send")
-        # Which of the two shows is decided in the browser, from the conversation (see ui.CSS).
-        stop = gr.Button(t("stop"), variant="stop", min_width=0, elem_id="stop")
-        new_chat = gr.Button(t("new_chat"), min_width=0, elem_id="new-chat")
-    with gr.Group(visible=False) as feedback_group:
+    # The rating comment opens right under the conversation, above the message box.
+    with gr.Group(visible=False, elem_id="rating-comment") as feedback_group:
         target = gr.Markdown("")
         comment = gr.Textbox(label=t("feedback_comment"), lines=2, max_lines=6)
         share = gr.Checkbox(label=t("feedback_share"), value=False)
         feedback_send = gr.Button(t("feedback_send"), size="sm")
+    # The message box and its buttons stay pinned at the bottom of the window (ui.CSS).
+    with gr.Column(elem_id="composer"):
+        message = gr.Textbox(
+            label=t("message"),
+            show_label=False,
+            placeholder=t("message_placeholder"),
+            lines=1,
+            max_lines=8,
+            elem_id="chat-message",
+        )
+        with gr.Row(elem_classes=["chat-buttons"]):
+            send = gr.Button(t("send"), variant="primary", min_width=0, elem_id="send")
+            # Which of the two shows is decided in the browser, from the conversation (see ui.CSS).
+            stop = gr.Button(t("stop"), variant="stop", min_width=0, elem_id="stop")
+            new_chat = gr.Button(t("new_chat"), min_width=0, elem_id="new-chat")
     with gr.Accordion(t("sampling"), open=False, elem_id="sampling"):
         sliders = [
             _slider("temperature", t("temperature"), t("temperature_info"), s.temperature, 0.05),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import gradio as gr
@@ -28,6 +29,10 @@ class TermsView:
     confirm_yes: gr.Button
     confirm_no: gr.Button
     status: gr.Markdown
+    fill: gr.Column
+    """The form itself: shown only to a visitor who must accept (first visit, new terms, after withdrawal)."""
+    accepted_note: gr.Markdown
+    """For a returning visitor: when they accepted, and which version."""
 
 
 def render(terms: Terms, privacy_notice: Callable[[], None]) -> TermsView:
@@ -47,15 +52,17 @@ def render(terms: Terms, privacy_notice: Callable[[], None]) -> TermsView:
         )
     with gr.Row():
         with gr.Column(scale=3, elem_id="acceptance-form"):
-            gr.Markdown(t("form_heading"))
-            with gr.Group():
-                name = gr.Textbox(label=t("name"), max_lines=1, elem_id="field-name")
-                email = gr.Textbox(label=t("email"), max_lines=1, type="email", elem_id="field-email")
-                affiliation = gr.Textbox(label=t("affiliation"), max_lines=1, elem_id="field-affiliation")
-                purpose = gr.Textbox(label=t("purpose"), lines=2, elem_id="field-purpose")
-                agree = gr.Checkbox(label=t("agree"), elem_id="field-agree")
-            with gr.Row():
-                accept = gr.Button(t("accept"), variant="primary")
+            accepted_note = gr.Markdown("", visible=False, elem_id="accepted-note")
+            with gr.Column(elem_id="form-fill") as fill:
+                gr.Markdown(t("form_heading"))
+                with gr.Group():
+                    name = gr.Textbox(label=t("name"), max_lines=1, elem_id="field-name")
+                    email = gr.Textbox(label=t("email"), max_lines=1, type="email", elem_id="field-email")
+                    affiliation = gr.Textbox(label=t("affiliation"), max_lines=1, elem_id="field-affiliation")
+                    purpose = gr.Textbox(label=t("purpose"), lines=2, elem_id="field-purpose")
+                    agree = gr.Checkbox(label=t("agree"), elem_id="field-agree")
+                with gr.Row():
+                    accept = gr.Button(t("accept"), variant="primary")
             status = gr.Markdown(t("status_initial"), elem_id="terms-status")
             withdraw = gr.Button(t("withdraw"), variant="secondary", size="sm", visible=False)
             with gr.Group(visible=False, elem_id="withdraw-confirm") as confirm:
@@ -66,7 +73,21 @@ def render(terms: Terms, privacy_notice: Callable[[], None]) -> TermsView:
         with gr.Column(scale=2, elem_id="privacy-column"):
             # What is stored, why and for how long: beside the form that collects it.
             privacy_notice()
-    return TermsView([name, email, affiliation, purpose, agree], accept, withdraw, confirm, yes, no, status)
+    return TermsView(
+        [name, email, affiliation, purpose, agree], accept, withdraw, confirm, yes, no, status, fill, accepted_note
+    )
+
+
+def accepted_text(lang: str | None, when: datetime, terms: Terms) -> str:
+    """ "Accepted on <date> (version <short hash>)", in the page's language (Japan's time on a Japanese page)."""
+    short = terms.sha256[:12]
+    jst = when.astimezone(timezone(timedelta(hours=9), "JST")).strftime("%Y-%m-%d %H:%M")
+    utc = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return pick(
+        lang,
+        f"✓ {jst}(日本時間)に利用規約(版 `{short}`)に同意済みです。チャットを利用できます。",
+        f"✓ You accepted the terms of use on {utc} (version `{short}`); the chat is open.",
+    )
 
 
 def field_errors(values: dict[str, Any]) -> dict[str, str]:
@@ -126,13 +147,25 @@ class TermsPage:
                 "入力を確認してください(各項目の下に理由があります)。",
                 "Please check the form (reasons are shown under each field).",
             )
-            return *fields, f"⚠️ {summary}", gr.skip()
+            return *fields, f"⚠ {summary}", gr.skip()
         try:
             _, token = self.handlers.accept_terms(name, email, affiliation, purpose, agree, receipt, request, profile)
         except AppError as exc:
-            return *fields, f"⚠️ {pick(lang, exc.ja, exc.en)}", gr.skip()
+            return *fields, f"⚠ {pick(lang, exc.ja, exc.en)}", gr.skip()
         terms = self.handlers.gate.terms
-        return *fields, f"✅ {say(lang, 'accepted')} ({terms.id}, SHA-256 {terms.sha256[:12]}…)", token
+        return *fields, f"✓ {say(lang, 'accepted')} ({terms.id}, SHA-256 {terms.sha256[:12]}…)", token
+
+    def returning(
+        self, receipt: str | None, lang: str, request: gr.Request, profile: gr.OAuthProfile | None
+    ) -> tuple[Any, Any]:
+        """Outputs: the accepted note and the form. A visitor holding an acceptance of these terms sees when
+        they accepted and which version, not an empty form; the form shows when an acceptance is needed."""
+        if not isinstance(lang, str) or len(lang) > 16:
+            lang = "ja"  # the page's own radio sends one of two codes; anything else reads as Japanese
+        when = self.handlers.gate.accepted_at(self.handlers.caller(request, profile, receipt))
+        if when is None:
+            return gr.Markdown("", visible=False), gr.Column(visible=True)
+        return gr.Markdown(accepted_text(lang, when, self.handlers.gate.terms), visible=True), gr.Column(visible=False)
 
     def withdraw(
         self, receipt: str | None, lang: str, request: gr.Request, profile: gr.OAuthProfile | None
@@ -141,8 +174,8 @@ class TermsPage:
         try:
             self.handlers.withdraw_consent(receipt, request, profile)
         except AppError as exc:
-            return f"⚠️ {pick(lang, exc.ja, exc.en)}", gr.Group(visible=False), *([gr.skip()] * 5)
+            return f"⚠ {pick(lang, exc.ja, exc.en)}", gr.Group(visible=False), *([gr.skip()] * 5)
         cleared = [_field(gr.Textbox, f, None, value="") for f in FIELDS[:4]] + [
             _field(gr.Checkbox, "agree", None, value=False)
         ]
-        return f"✅ {say(lang, 'withdrawn')}", gr.Group(visible=False), *cleared
+        return f"✓ {say(lang, 'withdrawn')}", gr.Group(visible=False), *cleared
