@@ -54,8 +54,8 @@ def call(
     )
     with httpx.Client(timeout=60, headers=headers or {}) as http:
         joined = http.post(f"{base}/queue/join", content=body, headers={"content-type": "application/json"})
-        if joined.status_code in (400, 403, 413):  # refused before the queue, with a reason
-            return {"success": False, "output": {"error": joined.text}, "status": joined.status_code}
+        if joined.status_code >= 400:  # refused before the queue, with a reason
+            return {"success": False, "output": {"error": refusal_of(joined)}, "status": joined.status_code}
         joined.raise_for_status()
         with http.stream(
             "GET",
@@ -68,6 +68,17 @@ def call(
                     if message.get("msg") == "process_completed":
                         return message
     raise AssertionError("the stream ended without a result")
+
+
+def refusal_of(response: httpx.Response) -> str:
+    """The message of a request refused before it reached the queue (a validation list, a detail, or text)."""
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        return response.text
+    if isinstance(detail, list):
+        return " ".join(str(d.get("message")) for d in detail if isinstance(d, dict))
+    return str(detail)
 
 
 def error_of(result: dict) -> str | None:

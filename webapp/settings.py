@@ -148,6 +148,19 @@ class Settings(BaseSettings):
     rate_new_identity_address: str = Field(
         "60/hour", description="New anonymous identities (first acceptances) per client address."
     )
+    rate_events_address: str = Field(
+        "20/second;600/minute",
+        description="Events of any kind (page or API, every route) per client address, counted before Gradio reads them.",
+    )
+    max_waiting_events: int = Field(
+        256, ge=1, le=100_000, description="Events one concurrency group may hold waiting; beyond it 'busy'."
+    )
+    max_sessions: int = Field(
+        2000,
+        ge=10,
+        le=100_000,
+        description="Sessions whose page state Gradio keeps in memory; the least recently used beyond it are dropped.",
+    )
     max_replies_per_identity: int = Field(
         2, ge=1, le=64, description="Replies one caller may have waiting or running at once."
     )
@@ -160,7 +173,12 @@ class Settings(BaseSettings):
     max_file_size: str = Field("1mb", description="Largest upload Gradio accepts (the app itself takes none).")
 
     @field_validator(
-        "rate_chat", "rate_chat_address", "rate_consent", "rate_consent_address", "rate_new_identity_address"
+        "rate_chat",
+        "rate_chat_address",
+        "rate_consent",
+        "rate_consent_address",
+        "rate_new_identity_address",
+        "rate_events_address",
     )
     @classmethod
     def _rate(cls, value: str) -> str:

@@ -76,6 +76,8 @@ def launch_options(settings: Settings | None = None) -> dict[str, Any]:
         allowed = frozenset(o.strip() for o in settings.allowed_origins.split(",") if o.strip())
         options |= {
             "max_file_size": settings.max_file_size,
+            # Gradio keeps each session's page state in memory: bounded in number, the oldest dropped.
+            "state_session_capacity": settings.max_sessions,
             "app_kwargs": {
                 "middleware": [Middleware(Guard, same_origin=settings.oauth or bool(allowed), allowed=allowed)]
             },
