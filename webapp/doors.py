@@ -153,6 +153,42 @@ def flag(value: Any) -> None:
         raise Refused("not-a-flag")
 
 
+_MESSAGE_KEYS = frozenset({"role", "metadata", "content", "options"})
+_META = {"title": str, "id": str | int, "parent_id": str | int, "log": str, "duration": int | float, "status": str}
+
+
+def _message(message: Any) -> bool:
+    """One chat message exactly as the page sends it: text parts, a note's metadata, a reply's options."""
+    if not isinstance(message, dict) or not set(message) <= _MESSAGE_KEYS:
+        return False
+    if message.get("role") not in ("user", "assistant"):
+        return False
+    content = message.get("content")
+    if not isinstance(content, list) or not all(
+        isinstance(p, dict)
+        and p.get("type") == "text"
+        and isinstance(p.get("text"), str)
+        and set(p) <= {"type", "text"}
+        for p in content
+    ):
+        return False
+    meta = message.get("metadata")
+    if meta is not None and not (
+        isinstance(meta, dict)
+        and all(k in _META and isinstance(v, _META[k]) and not isinstance(v, bool) for k, v in meta.items())
+        and meta.get("status") in (None, "pending", "done")
+    ):
+        return False
+    options = message.get("options")
+    return options is None or (
+        isinstance(options, list)
+        and len(options) <= 4
+        and all(
+            isinstance(o, dict) and set(o) <= {"value", "label"} and isinstance(o.get("value"), str) for o in options
+        )
+    )
+
+
 def conversation(history_chars: int) -> Check:
     """The chatbot's value: the turns bounded as ``/chat``'s history is, plus the server's notes between them."""
 
@@ -163,10 +199,9 @@ def conversation(history_chars: int) -> Check:
             raise Refused("not-a-conversation")
         turns = notes = total = 0
         for message in value:
-            if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            if not _message(message):
                 raise Refused("not-a-conversation")
-            meta = message.get("metadata")
-            if isinstance(meta, dict) and meta.get("title"):
+            if (message.get("metadata") or {}).get("title"):
                 notes += 1
                 _walk(message, max_chars=NOTE_CHARS)
             else:

@@ -55,7 +55,13 @@ class Guard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if self.same_origin and not self._origin_ok(headers):
-            await _refuse(scope, receive, send, 403, "cross-origin request refused")
+            await _refuse(
+                scope,
+                receive,
+                send,
+                403,
+                "他のサイトからのリクエストは受け付けません。 / Cross-origin request refused.",
+            )
             return
         path = scope.get("path", "")
         post = scope["type"] == "http" and scope.get("method") in ("POST", "PUT", "PATCH")
@@ -66,10 +72,10 @@ class Guard:
         if post:
             length = headers.get("content-length")
             if length is None and "transfer-encoding" in headers:
-                await _refuse(scope, receive, send, 411, "length required")
+                await _refuse(scope, receive, send, 411, "リクエストの長さが必要です。 / Length required.")
                 return
             if length is not None and (not length.isdigit() or int(length) > self.max_body):
-                await _refuse(scope, receive, send, 413, "request too large")
+                await _refuse(scope, receive, send, 413, "リクエストが大きすぎます。 / Request too large.")
                 return
         sessions = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash", [])
         if (beat := HEARTBEAT.search(path)) is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import threading
@@ -94,6 +95,7 @@ class Identities:
         self.receipts = receipts
         self._address_salt = hmac.new(secret, b"llmjp-demo/client-hash", hashlib.sha256).digest()
         self._pseudonym_key = hmac.new(secret, b"llmjp-demo/pseudonym", hashlib.sha256).digest()
+        self._reply_key = hmac.new(secret, b"llmjp-demo/reply", hashlib.sha256).digest()
         self.trusted_proxies = trusted_proxies
         self._ttl = session_ttl_s
         self._max_sessions = max_sessions
@@ -130,6 +132,11 @@ class Identities:
             self._remember(caller.session, anon_id, caller.client_hash)
         receipt = self.receipts.issue(Receipt(anon_id, terms_id, terms_sha256))
         return replace(caller, identity=self.pseudonym(anon_id), anon_id=anon_id), receipt
+
+    def sign_reply(self, rid: str, identity: str | None, turns: list[dict[str, str]]) -> str:
+        """A digest of reply ``rid`` as sent to ``identity`` with the turns up to it, keyed by the server secret."""
+        text = json.dumps([rid, identity, turns], ensure_ascii=False, sort_keys=True)
+        return hmac.new(self._reply_key, text.encode(), hashlib.sha256).hexdigest()
 
     def pseudonym(self, anon_id: str) -> str:
         """The identity recorded for an anonymous id: a keyed hash that reveals nothing reusable."""
