@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -46,14 +47,18 @@ def call(
     headers: dict[str, str] | None = None,
     index: int | None = None,
     event_data: dict[str, Any] | None = None,
+    http: httpx.Client | None = None,
 ) -> dict:
-    """Join the queue with a hand-written body and return the final message (``success``, ``output``)."""
+    """Join the queue with a hand-written body and return the final message (``success``, ``output``).
+
+    ``http`` reuses one client's connections across many calls (a table of cases).
+    """
     base = app.url.rstrip("/") + "/gradio_api"
     body = json.dumps(
         {"data": data, "fn_index": fn_index(app, api_name) if index is None else index, "session_hash": session_hash}
         | ({"event_data": event_data} if event_data is not None else {})
     )
-    with httpx.Client(timeout=60, headers=headers or {}) as http:
+    with contextlib.nullcontext(http) if http is not None else httpx.Client(timeout=60, headers=headers or {}) as http:
         joined = http.post(f"{base}/queue/join", content=body, headers={"content-type": "application/json"})
         if joined.status_code >= 400:  # refused before the queue, with a reason
             return {"success": False, "output": {"error": refusal_of(joined)}, "status": joined.status_code}

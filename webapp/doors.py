@@ -226,6 +226,21 @@ def api_value(history_chars: int) -> Check:
     return check
 
 
+def api_text(max_chars: int) -> Check:
+    """A named endpoint's scalar parameter: its handler says what is wrong with the value; here only its length."""
+
+    def check(value: Any) -> None:
+        if isinstance(value, str) and len(value) > max_chars:
+            raise Refused(
+                "text-too-long",
+                f"入力が長すぎます(上限 {max_chars} 文字)。",
+                f"The input is too long (at most {max_chars} characters).",
+            )
+        _walk(value, max_chars=max_chars, strict=False)
+
+    return check
+
+
 def _too_long(chars: int, limit: int) -> Refused:
     said = HistoryTooLong(chars, limit)
     return Refused("conversation-too-long", said.ja, said.en)
@@ -244,7 +259,9 @@ def for_component(block: Any, *, history_chars: int) -> Check:
     if isinstance(block, gr.Checkbox):
         return flag
     if isinstance(block, Api):
-        return api_value(history_chars)
+        # A parameter typed as a scalar (a message, a receipt, a token) is at most a text box's length.
+        schema = json.dumps(block.api_info())
+        return api_value(history_chars) if '"array"' in schema or '"object"' in schema else api_text(TEXT_CHARS)
     return json_value(SMALL_JSON_CHARS)
 
 
