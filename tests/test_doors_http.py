@@ -329,3 +329,34 @@ def test_address_of_reads_the_lines_as_one_list() -> None:
     assert address_of(["10.0.0.1, 192.0.2.9", "192.0.2.5"], "127.0.0.1", 2) == "192.0.2.9"
     assert address_of([], "127.0.0.1", 1) == "127.0.0.1"
     assert address_of(["forged"], "127.0.0.1", 0) == "127.0.0.1"
+
+
+# -- held-open connections (last: it changes the server's limits) ---------------------------------
+
+
+def test_half_open_connections_are_closed_and_bounded(door_app: RunningApp) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    from webapp.serving import limit_connections
+
+    limit_connections(door_app.demo, max_connections=100, header_timeout_s=1.0, keep_alive_s=1.0)
+    where = urlsplit(door_app.url)
+    held = []
+    for _ in range(300):
+        s = socket.create_connection((where.hostname, where.port), timeout=10)
+        s.sendall(b"GET /config HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+        held.append(s)
+    time.sleep(0.3)
+    assert httpx.get(door_app.url.rstrip("/") + "/config", timeout=10).status_code == 503  # over the bound
+    time.sleep(3.0)
+    closed = 0
+    for s in held:
+        try:
+            closed += s.recv(1) == b""
+        except (ConnectionResetError, TimeoutError):
+            closed += 1
+        s.close()
+    print(f"300 half-open connections: {closed} closed by the server within 3.3 s")
+    assert closed == 300
+    assert httpx.get(door_app.url.rstrip("/") + "/config", timeout=10).status_code == 200

@@ -161,6 +161,13 @@ class Settings(BaseSettings):
         le=100_000,
         description="Sessions whose page state Gradio keeps in memory; the least recently used beyond it are dropped.",
     )
+    max_connections: int = Field(
+        1000, ge=10, le=100_000, description="Connections and requests the server holds at once; beyond it 503."
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="A connection with no request in progress is closed after this many seconds."
+    )
+    keep_alive_s: float = Field(5.0, gt=0, le=600, description="An idle keep-alive connection is closed after this.")
     max_replies_per_identity: int = Field(
         2, ge=1, le=64, description="Replies one caller may have waiting or running at once."
     )
