@@ -156,7 +156,7 @@ class Settings(BaseSettings):
         256, ge=1, le=100_000, description="Events one concurrency group may hold waiting; beyond it 'busy'."
     )
     max_sessions: int = Field(
-        2000,
+        1000,
         ge=10,
         le=100_000,
         description="Sessions whose page state Gradio keeps in memory; the least recently used beyond it are dropped.",
