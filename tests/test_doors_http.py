@@ -360,3 +360,14 @@ def test_half_open_connections_are_closed_and_bounded(door_app: RunningApp) -> N
     print(f"300 half-open connections: {closed} closed by the server within 3.3 s")
     assert closed == 300
     assert httpx.get(door_app.url.rstrip("/") + "/config", timeout=10).status_code == 200
+
+
+def test_a_rating_the_database_refuses_is_told_in_both_languages() -> None:
+    """A full disk (or a lost connection) is not an "unexpected error": the visitor is told, nothing is stored."""
+    from sqlalchemy.exc import OperationalError
+
+    from webapp.chat_page import RatingNotStored, _storing
+
+    with pytest.raises(RatingNotStored) as refused, _storing():
+        raise OperationalError("INSERT INTO feedback", {}, Exception("database or disk is full"))
+    assert is_clear_error(str(refused.value))

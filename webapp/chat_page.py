@@ -20,7 +20,7 @@ from db import feedback
 from inference import AppError
 from webapp import chat_reply
 from webapp.chat_export import export_links
-from webapp.chat_messages import Messages, last_user, plain, reply_id, text_of, to_history
+from webapp.chat_messages import Messages, last_user, plain, reply_id, text_of, through_reply, to_history
 from webapp.errors import ConsentRequired
 from webapp.handlers import Handlers, licence_markdown
 from webapp.i18n import say
@@ -134,7 +134,7 @@ class ChatPage:
         if record is None or data.liked not in (True, False):
             gr.Info(say(lang, "feedback_none"), title=say(lang, "notice_title"))
             return gr.skip(), gr.skip(), gr.skip()
-        self._check(caller, rid, record, (messages or [])[: index + 1])
+        self._check(caller, rid, record, through_reply(messages or [], rid))
         rating = feedback.Rating.UP if data.liked is True else feedback.Rating.DOWN
         with _storing(), self.sessions.begin() as session:
             row = feedback.record(
@@ -166,7 +166,7 @@ class ChatPage:
         if not pending or record is None:
             gr.Info(say(lang, "feedback_none"), title=say(lang, "notice_title"))
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        upto = (messages or [])[: pending["index"] + 1]
+        upto = through_reply(messages or [], pending["rid"])
         self._check(self.handlers.caller(request, profile, receipt), pending["rid"], record, upto)
         shared = to_history(upto) if share is True else None
         with _storing(), self.sessions.begin() as session:
