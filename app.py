@@ -3,6 +3,7 @@
 import logging
 
 from webapp.factory import create_app
+from webapp.serving import limit_connections
 from webapp.settings import Settings
 from webapp.ui import launch_options
 
@@ -15,4 +16,12 @@ if __name__ == "__main__":
     # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by launch() itself. The queue's defaults
     # (one run at a time for events that set no limit) are the ones wanted: calling queue() again
     # would only rebuild the server app, a fifth of a second of every start.
-    demo.launch(**launch_options(settings))
+    demo.launch(**launch_options(settings), prevent_thread_lock=True)
+    # Gradio passes no server limits through launch(): they are set on the running server.
+    limit_connections(
+        demo,
+        max_connections=settings.max_connections,
+        header_timeout_s=settings.header_timeout_s,
+        keep_alive_s=settings.keep_alive_s,
+    )
+    demo.block_thread()

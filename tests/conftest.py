@@ -117,6 +117,7 @@ GENEROUS_LIMITS = {
     "rate_consent": "10000/minute",
     "rate_consent_address": "10000/minute",
     "rate_new_identity_address": "10000/minute",
+    "rate_events_address": "100000/minute",
     "max_replies_per_address": 1000,
 }
 

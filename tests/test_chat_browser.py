@@ -68,6 +68,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, models_dir: Path, lingering: L
         rate_chat="1000/minute",
         rate_chat_address="1000/minute",
         rate_consent_address="1000/minute",
+        rate_events_address="100000/minute",
     )
     running = launch(settings, models_dir, wrap=lingering.around)
     try:
@@ -346,7 +347,9 @@ def test_feedback_is_stored_with_model_and_sampling(page, app: RunningApp) -> No
         ).fetchone()
     assert (rating, model_id, text) == ("down", "tiny-llama", "意味が通りません")
     assert json.loads(sampling)["top_k"] == 50
-    assert json.loads(conversation)[0] == {"role": "user", "content": "評価のテスト"}
+    shared = json.loads(conversation)
+    assert shared[0] == {"role": "user", "content": "評価のテスト"}
+    assert [t["role"] for t in shared] == ["user", "assistant"]  # up to and including the rated reply
 
 
 # Words that stay as they are in either language: parameter names, model and

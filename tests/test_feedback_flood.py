@@ -35,7 +35,9 @@ def test_rating_in_a_loop_is_refused_clearly_and_stores_nothing(tight_app: Runni
     session = uuid.uuid4().hex
     # A 👍 on a reply this session never had: answered with a notice until the caller's rate runs out.
     liked = {"index": 1, "value": "x", "liked": True}
-    results = [error_of(call(tight_app, "page_rate", [[], None, "ja"], session, event_data=liked)) for _ in range(6)]
+    results = [
+        error_of(call(tight_app, "page_rate", [[], None, "ja", None], session, event_data=liked)) for _ in range(6)
+    ]
     assert results[:3] == [None, None, None], results
     assert all(is_clear_error(e) for e in results[3:]), results
     assert ratings(tight_app) == 0

@@ -1,7 +1,9 @@
-"""Every public endpoint against a table of hostile inputs (tests/data/hostile_inputs.json), over raw HTTP.
+"""Every public endpoint and every page event against a table of hostile inputs (tests/data/hostile_inputs.json),
+over raw HTTP.
 
 Each case gives a clear bilingual error and stores nothing, or a normal reply;
-the server keeps serving throughout.
+the server keeps serving throughout: after each chat case a one-token reply,
+after any other a cheap queued event, and after the whole table a chat.
 """
 
 from __future__ import annotations
@@ -9,16 +11,19 @@ from __future__ import annotations
 import copy
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, RunningApp
-from tests.hostile import call, error_of, event_count, is_clear_error, parameters
+from tests.hostile import call, error_of, event_count, is_clear_error, parameters, refusal_of
 from webapp.receipts import Receipt, Receipts
 
 TABLE = json.loads((Path(__file__).parent / "data" / "hostile_inputs.json").read_text(encoding="utf-8"))
+ONE_TOKEN = ["はい", "tiny-llama", 0.0, 0.95, 0, 1.0, 1, None]
 FORM = {"name": "例 太郎", "email": "taro@example.com", "affiliation": "Example University", "purpose": "研究"}
 
 
@@ -65,8 +70,20 @@ def _fill(value: Any, app: RunningApp) -> Any:
     }[value]
 
 
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    """One client for the whole table: its connections are reused from case to case."""
+    with httpx.Client(timeout=60) as client:
+        yield client
+
+
+def still_serving(app: RunningApp, http: httpx.Client) -> None:
+    """The app keeps serving: the queue runs a cheap event for a new session."""
+    assert call(app, "page_load", ["tiny-llama", None, ""], uuid.uuid4().hex, http=http)["success"]
+
+
 @pytest.mark.parametrize(("endpoint", "case"), _cases())
-def test_hostile_input(running_app: RunningApp, consenting: str, endpoint: str, case: dict) -> None:
+def test_hostile_input(running_app: RunningApp, consenting: str, http: httpx.Client, endpoint: str, case: dict) -> None:
     spec = TABLE["endpoints"][endpoint]
     values = copy.deepcopy(spec["defaults"]) | case["set"]
     names = parameters(running_app, endpoint)
@@ -74,7 +91,7 @@ def test_hostile_input(running_app: RunningApp, consenting: str, endpoint: str, 
     # Withdrawal and acceptance come from fresh sessions (a consenting one would change state or be deduplicated).
     session = consenting if endpoint in ("chat", "acknowledge_licence") else uuid.uuid4().hex
     before = event_count(running_app)
-    result = call(running_app, endpoint, data, session)
+    result = call(running_app, endpoint, data, session, http=http)
     error = error_of(result)
     if case["expect"] == "error":
         assert error is not None, f"accepted: {case['case']}"
@@ -82,6 +99,113 @@ def test_hostile_input(running_app: RunningApp, consenting: str, endpoint: str, 
         assert event_count(running_app) == before, "an error must store nothing"
     else:
         assert error is None, error
-    # The app keeps serving: a normal chat still streams.
+    if endpoint == "chat":
+        # What a hostile chat could break is the model's thread: the next one-token reply proves it serves.
+        ok = call(running_app, "chat", [*ONE_TOKEN, None, None], consenting, http=http)
+        assert error_of(ok) is None
+    else:
+        # The others touch no model: the server answering is what is left to prove (the queue is proved
+        # after each page route below, and a whole chat after the table).
+        assert http.get(running_app.url.rstrip("/") + "/config").status_code == 200
+
+
+# -- the page's own events, through every route -------------------------------------------------
+
+KINDS = TABLE["page_kinds"]
+KIND_OF = {
+    "textbox": "text", "dropdown": "choice", "radio": "choice", "slider": "number", "checkbox": "flag",
+    "chatbot": "conversation", "state": "state", "browserstate": "state",
+}  # fmt: skip
+ROUTES = ("queue/join", "run", "call", "api")
+
+
+def _page_events(url: str) -> list[tuple[str, int, list[dict]]]:
+    """Every page event the server runs: its name, index and input components, from the page's own config."""
+    config = httpx.get(url.rstrip("/") + "/config", timeout=10).json()
+    components = {c["id"]: c for c in config["components"]}
+    return [
+        (d["api_name"], d["id"], [components[i] for i in d["inputs"]])
+        for d in config["dependencies"]
+        if str(d.get("api_name") or "").startswith("page_") and d.get("backend_fn")
+    ]
+
+
+def _value(value: Any) -> Any:
+    """The table's value, with its '$' shorthands built."""
+    if isinstance(value, dict) and "$repeat" in value:
+        return value["$repeat"] * value["times"]
+    if isinstance(value, dict) and "$nest" in value:
+        nested: Any = "x"
+        for _ in range(value["$nest"]):
+            nested = [nested]
+        return nested
+    if isinstance(value, dict) and "$turns" in value:
+        text = "あ" * value["chars"]
+        return [
+            {"role": ("user", "assistant")[i % 2], "metadata": None, "content": [{"text": text, "type": "text"}]}
+            for i in range(value["$turns"])
+        ]
+    return value
+
+
+def _default(component: dict) -> Any:
+    """What the page itself sends for ``component`` when nothing is typed."""
+    props = component.get("props", {})
+    kind = KIND_OF.get(component["type"])
+    if kind == "conversation":
+        return []
+    if kind == "text":
+        return ""
+    if kind == "flag":
+        return bool(props.get("value"))
+    return props.get("value")
+
+
+def _post(http: httpx.Client, url: str, body: dict) -> httpx.Response:
+    # Escaped as JSON allows, so NaN and lone surrogates travel as a raw client sends them.
+    return http.post(url, content=json.dumps(body), headers={"content-type": "application/json"})
+
+
+def test_the_table_covers_every_kind_of_input_the_page_has(running_app: RunningApp) -> None:
+    kinds = {c["type"] for _, _, inputs in _page_events(running_app.url) for c in inputs}
+    assert kinds <= set(KIND_OF), kinds - set(KIND_OF)
+    assert {KIND_OF[k] for k in kinds} == set(KINDS)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_every_page_event_refuses_hostile_values_through_every_route(
+    running_app: RunningApp, http: httpx.Client, route: str
+) -> None:
+    """Each hostile value on each input of each page event: refused before Gradio reads it, bilingual, nothing
+    stored; the same event with the page's own values passes the door."""
+    base = running_app.url.rstrip("/") + "/gradio_api"
+    events = _page_events(running_app.url)
+    assert len(events) >= 25, [name for name, _, _ in events]
+    before, tried = event_count(running_app), 0
+    for name, index, inputs in events:
+        defaults = [_default(c) for c in inputs]
+        for position, component in enumerate(inputs):
+            for case in KINDS[KIND_OF[component["type"]]]:
+                data = [*defaults[:position], _value(case["value"]), *defaults[position + 1 :]]
+                if route == "queue/join":
+                    url, body = f"{base}/queue/join", {"data": data, "fn_index": index, "session_hash": "hostile"}
+                else:
+                    url, body = f"{base}/{route}/{name}", {"data": data}
+                refused = _post(http, url, body)
+                tried += 1
+                where = f"{name} input {position} ({component['type']}): {case['case']} via {route}"
+                assert refused.status_code in (413, 422), where
+                assert is_clear_error(refusal_of(refused)), where
+    assert event_count(running_app) == before, "a refusal must store nothing"
+    if route == "queue/join":
+        for name, index, inputs in events:  # the page's own values pass the door
+            body = {"data": [_default(c) for c in inputs], "fn_index": index, "session_hash": uuid.uuid4().hex}
+            assert _post(http, f"{base}/queue/join", body).status_code == 200, name
+    print(f"{route}: {tried} hostile values refused on {len(events)} page events")
+    still_serving(running_app, http)
+
+
+def test_a_reply_still_streams_after_the_whole_table(running_app: RunningApp, consenting: str) -> None:
+    """Last in the file: after every case above, a whole chat still streams."""
     ok = call(running_app, "chat", ["はい", "tiny-llama", 0.0, 0.95, 0, 1.0, 2, None, None, None], consenting)
     assert error_of(ok) is None

@@ -44,7 +44,7 @@ def conversation_json(messages: Messages, replies: dict[str, Any], terms: Any) -
         elif m.get("role") == "assistant":
             turn: dict[str, Any] = {"role": "assistant", "content": text}
             if current:
-                turn |= {k: v for k, v in current.items()}
+                turn |= {k: v for k, v in current.items() if not k.startswith("_")}  # not the server's signature
             turns.append(turn)
     return {
         "format": "llmjp-chat-export/1",

@@ -75,6 +75,19 @@ def reply_id(messages: Messages, index: int) -> str | None:
     return None
 
 
+def through_reply(messages: Messages, rid: str) -> Messages:
+    """The conversation up to and including reply ``rid``: its note and its text (what a rating is about)."""
+    start = next((i for i, m in enumerate(messages) if note_id(m) == rid), None)
+    if start is None:
+        return []
+    end = start
+    for i in range(start + 1, len(messages)):
+        if messages[i].get("role") == "user" or is_note(messages[i]):
+            break
+        end = i
+    return messages[: end + 1]
+
+
 def note(rid: str, title: str, body: str, *, pending: bool, log_line: str = "", seconds: float | None = None) -> dict:
     """The note before reply ``rid``: pending (Gradio draws a spinner) or done."""
     meta: dict[str, Any] = {"title": title, "id": rid, "status": "pending" if pending else "done"}

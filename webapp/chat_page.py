@@ -6,18 +6,57 @@ messages mean); replies stream through ``chat_reply``.
 
 from __future__ import annotations
 
+import contextlib
+import hmac
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import feedback
+from inference import AppError
 from webapp import chat_reply
 from webapp.chat_export import export_links
-from webapp.chat_messages import Messages, last_user, plain, reply_id, text_of, to_history
+from webapp.chat_messages import Messages, last_user, plain, reply_id, text_of, through_reply, to_history
+from webapp.errors import ConsentRequired
 from webapp.handlers import Handlers, licence_markdown
 from webapp.i18n import say
+from webapp.identity import Caller
 from webapp.models_info import chat_defaults
+
+log = logging.getLogger(__name__)
+
+
+class NotSentHere(AppError):
+    """A rating whose conversation is not the one this server sent to this caller; nothing is stored."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "この会話はこのサーバーが送ったものと一致しないため、評価できません。ページを再読み込みしてください。",
+            "This conversation does not match what the server sent, so it cannot be rated. Reload the page.",
+        )
+
+
+class RatingNotStored(AppError):
+    """The database refused the write (a full disk, a lost connection); nothing is stored."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "評価を保存できませんでした。しばらくしてからもう一度お試しください。",
+            "The rating could not be stored. Please try again later.",
+        )
+
+
+@contextlib.contextmanager
+def _storing() -> Iterator[None]:
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        log.warning("rating not stored: %s", type(exc).__name__)
+        raise RatingNotStored() from None
 
 
 class ChatPage:
@@ -73,20 +112,33 @@ class ChatPage:
     # -- feedback ----------------------------------------------------------------
 
     def rate(
-        self, messages: Messages, replies: dict[str, Any], lang: str, data: gr.LikeData, request: gr.Request
+        self,
+        messages: Messages,
+        replies: dict[str, Any],
+        lang: str,
+        receipt: str | None,
+        data: gr.LikeData,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None,
     ) -> tuple[Any, ...]:
-        """A like or dislike on a reply is stored at once; the comment box opens for an optional comment."""
+        """A like or dislike on a reply is stored at once; the comment box opens for an optional comment.
+
+        Only a reply this server made for this caller, in the conversation it
+        was sent in, and only with consent given now.
+        """
+        caller = self.handlers.caller(request, profile, receipt)
         # Every rating adds a row: counted against the caller's chat rate, so clicking (or calling
         # the queue) in a loop cannot fill the table.
-        self.handlers.limits.check("chat", self.handlers.caller(request, None, None))
+        self.handlers.limits.check("chat", caller)
         index = data.index if data is not None and isinstance(data.index, int) else -1
         rid = reply_id(messages or [], index)
         record = (replies or {}).get(rid) if rid else None
         if record is None or data.liked not in (True, False):
             gr.Info(say(lang, "feedback_none"), title=say(lang, "notice_title"))
             return gr.skip(), gr.skip(), gr.skip()
+        self._check(caller, rid, record, through_reply(messages or [], rid))
         rating = feedback.Rating.UP if data.liked is True else feedback.Rating.DOWN
-        with self.sessions.begin() as session:
+        with _storing(), self.sessions.begin() as session:
             row = feedback.record(
                 session,
                 rating=rating,
@@ -96,20 +148,41 @@ class ChatPage:
             )
             row_id = row.id
         marker = say(lang, "rated_up" if rating is feedback.Rating.UP else "rated_down")
-        return {"id": row_id, "index": index}, gr.Group(visible=True), f"{marker} {record['model_label']}"
+        pending = {"id": row_id, "index": index, "rid": rid}
+        return pending, gr.Group(visible=True), f"{marker} {record['model_label']}"
 
     def annotate(
-        self, pending: dict[str, Any] | None, comment: str, share: bool, messages: Messages, lang: str
+        self,
+        pending: dict[str, Any] | None,
+        comment: str,
+        share: bool,
+        messages: Messages,
+        replies: dict[str, Any],
+        lang: str,
+        receipt: str | None,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None,
     ) -> tuple[Any, ...]:
         """Add the optional comment (and, if allowed, the conversation up to the reply) to the stored rating."""
-        if not pending:
+        record = (replies or {}).get(pending["rid"]) if pending else None
+        if not pending or record is None:
             gr.Info(say(lang, "feedback_none"), title=say(lang, "notice_title"))
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        shared = to_history((messages or [])[: pending["index"] + 1]) if share else None
-        with self.sessions.begin() as session:
+        upto = through_reply(messages or [], pending["rid"])
+        self._check(self.handlers.caller(request, profile, receipt), pending["rid"], record, upto)
+        shared = to_history(upto) if share is True else None
+        with _storing(), self.sessions.begin() as session:
             feedback.annotate(session, pending["id"], comment=comment or "", conversation=shared)
         gr.Info(say(lang, "feedback_thanks"), title=say(lang, "notice_title"))
         return None, gr.Group(visible=False), "", False
+
+    def _check(self, caller: Caller, rid: str, record: dict[str, Any], upto: Messages) -> None:
+        """Consent now, and the conversation up to the reply exactly as the server sent it to this caller."""
+        if not self.handlers.gate.has_consent(caller):
+            raise ConsentRequired()
+        signed = self.handlers.gate.identities.sign_reply(rid, caller.identity, to_history(upto))
+        if not hmac.compare_digest(str(record.get("_signed", "")), signed):
+            raise NotSentHere()
 
     # -- export --------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
+import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +30,7 @@ from webapp.chat_messages import (
     last_user,
     note,
     note_body,
+    note_id,
     note_title,
     plain,
     status_text,
@@ -122,12 +123,17 @@ class _Stopped(Exception):
 
 
 class ReplyStreams:
-    """Replies as they stream, one at a time per visitor, each with its stop flag."""
+    """Replies as they stream, one at a time per visitor, each with its id and its stop flag.
+
+    The id is issued here as the reply is admitted and travels in the reply's
+    note: a Stop names it (so a Stop that arrives late cannot end the next
+    reply), and a rating names it (so only a reply the server made is rated).
+    """
 
     def __init__(self, handlers: Handlers) -> None:
         self.handlers = handlers
         self.registry = handlers.inference.registry
-        self._stops: dict[str, asyncio.Event] = {}
+        self._stops: dict[str, tuple[str, asyncio.Event]] = {}
 
     def entry(self, choose: Pick, event: type[gr.EventData] = gr.EventData) -> Callable[..., AsyncIterator[Update]]:
         """The handler for one way into a reply; ``event`` is the data class of its Gradio event."""
@@ -173,18 +179,26 @@ class ReplyStreams:
     def running(self, request: gr.Request | None) -> bool:
         return self.key(request) in self._stops
 
-    def cancel(self, request: gr.Request | None) -> None:
-        """Stop this visitor's reply: it leaves the queue or ends within one token step."""
-        if event := self._stops.get(self.key(request)):
-            event.set()
+    def cancel(self, request: gr.Request | None, rid: str | None = None) -> None:
+        """Stop this visitor's reply (only reply ``rid`` when given): it leaves the queue or ends within one step."""
+        running = self._stops.get(self.key(request))
+        if running is not None and (rid is None or running[0] == rid):
+            running[1].set()
 
-    async def stop(self, request: gr.Request) -> None:
-        """The Stop button: never waits in Gradio's queue, as it only sets a flag."""
-        self.cancel(request)
+    async def stop(self, messages: Messages | None, request: gr.Request) -> None:
+        """The Stop button: ends the reply pending in the conversation it was pressed on, and no other.
+
+        Never waits in Gradio's queue, as it only sets a flag. The page sends
+        the conversation as it showed it; a Stop processed after that reply
+        ended names an id that is no longer running, and changes nothing.
+        """
+        pending = [note_id(m) for m in messages or [] if (m.get("metadata") or {}).get("status") == "pending"]
+        if pending and pending[-1]:
+            self.cancel(request, pending[-1])
 
     def _release(self, key: str, stopped: asyncio.Event) -> None:
         # Only this reply's own claim: a late cleanup must never drop the next reply's stop event.
-        if self._stops.get(key) is stopped:
+        if (claim := self._stops.get(key)) is not None and claim[1] is stopped:
             del self._stops[key]
 
     async def stream(self, shown: Messages, text: str, s: Settings) -> AsyncIterator[Update]:
@@ -196,7 +210,9 @@ class ReplyStreams:
             return
         shown = plain(shown)
         # Claimed before the checks, so a second Enter cannot slip in while they run.
-        stopped = self._stops[key] = asyncio.Event()
+        rid = secrets.token_urlsafe(12)
+        stopped = asyncio.Event()
+        self._stops[key] = (rid, stopped)
         tokens = self.handlers.stream_reply(
             s.request, s.profile, s.receipt, text, s.model_id, to_history(shown), s.sampling
         )
@@ -213,17 +229,23 @@ class ReplyStreams:
             self._release(key, stopped)
             raise
         try:
-            async for update in self._admitted(shown, text, s, tokens, key, stopped):
+            async for update in self._admitted(shown, text, s, tokens, key, rid, stopped):
                 yield update
         finally:
             self._release(key, stopped)  # also when the page goes away mid-reply
 
     async def _admitted(
-        self, shown: Messages, text: str, s: Settings, tokens: AsyncIterator[Any], key: str, stopped: asyncio.Event
+        self,
+        shown: Messages,
+        text: str,
+        s: Settings,
+        tokens: AsyncIterator[Any],
+        key: str,
+        rid: str,
+        stopped: asyncio.Event,
     ) -> AsyncIterator[Update]:
         """An admitted reply: pending while it streams, then marked with how it ended."""
         spec = self.registry.get(s.model_id)
-        rid = uuid.uuid4().hex[:12]
         record: dict[str, Any] = {
             "model_id": spec.id,
             "model_label": spec.label,
@@ -287,7 +309,11 @@ class ReplyStreams:
         if outcome.cut:
             answer["options"] = [{"label": say(s.lang, "continue"), "value": CONTINUE}]
         done = note(rid, note_title(s.lang, outcome), note_body(s.lang, record), pending=False, seconds=seconds)
-        yield [*shown, user, done, answer], gr.skip(), {**s.replies, rid: record}
+        sent = [*shown, user, done, answer]
+        # What was sent, signed for the caller it was made for: a rating must show the same conversation.
+        caller = self.handlers.caller(s.request, s.profile, s.receipt)
+        record["_signed"] = self.handlers.gate.identities.sign_reply(rid, caller.identity, to_history(sent))
+        yield sent, gr.skip(), {**s.replies, rid: record}
         yield SETTLED
 
 

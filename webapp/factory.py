@@ -19,6 +19,7 @@ from webapp import ui
 from webapp.admin import Admin
 from webapp.availability import Availability
 from webapp.consent import Gate
+from webapp.doors import Doors
 from webapp.handlers import Handlers
 from webapp.identity import Identities
 from webapp.ratelimit import InFlight, RateLimits, Rates
@@ -257,6 +258,14 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
         oauth=settings.oauth,
         secret=hashlib.sha256(secret + b"/browser-state").hexdigest(),
         sessions=sessions,
+    )
+    # Every route checks its event's inputs against these before Gradio reads them (webapp.guard).
+    demo.llmjp_doors = Doors(  # type: ignore[attr-defined]
+        demo,
+        contexts=[spec.context for spec in registry.specs.values()],
+        limits=RateLimits({"event": Rates("", settings.rate_events_address)}),
+        identities=identities,
+        max_waiting=settings.max_waiting_events,
     )
     log.info("database %s; models %s", settings.database_url_redacted, ", ".join(registry.ids()))
     return demo

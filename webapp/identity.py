@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import threading
@@ -94,6 +95,7 @@ class Identities:
         self.receipts = receipts
         self._address_salt = hmac.new(secret, b"llmjp-demo/client-hash", hashlib.sha256).digest()
         self._pseudonym_key = hmac.new(secret, b"llmjp-demo/pseudonym", hashlib.sha256).digest()
+        self._reply_key = hmac.new(secret, b"llmjp-demo/reply", hashlib.sha256).digest()
         self.trusted_proxies = trusted_proxies
         self._ttl = session_ttl_s
         self._max_sessions = max_sessions
@@ -131,6 +133,11 @@ class Identities:
         receipt = self.receipts.issue(Receipt(anon_id, terms_id, terms_sha256))
         return replace(caller, identity=self.pseudonym(anon_id), anon_id=anon_id), receipt
 
+    def sign_reply(self, rid: str, identity: str | None, turns: list[dict[str, str]]) -> str:
+        """A digest of reply ``rid`` as sent to ``identity`` with the turns up to it, keyed by the server secret."""
+        text = json.dumps([rid, identity, turns], ensure_ascii=False, sort_keys=True)
+        return hmac.new(self._reply_key, text.encode(), hashlib.sha256).hexdigest()
+
     def pseudonym(self, anon_id: str) -> str:
         """The identity recorded for an anonymous id: a keyed hash that reveals nothing reusable."""
         return "anon:" + hmac.new(self._pseudonym_key, anon_id.encode(), hashlib.sha256).hexdigest()[:32]
@@ -161,30 +168,46 @@ class Identities:
 
     def _client_hash(self, request: gr.Request | None) -> str | None:
         """A salted hash of the client's address: repeat visits can be told apart, the address is never kept."""
-        address = client_address(request, self.trusted_proxies)
+        return self._hash(client_address(request, self.trusted_proxies))
+
+    def address_hash(self, headers: list[tuple[bytes, bytes]], peer: str | None) -> str | None:
+        """The same hash from a raw ASGI request (the guard, before Gradio has read it)."""
+        forwarded = [v.decode("latin-1") for k, v in headers if k.lower() == b"x-forwarded-for"]
+        return self._hash(address_of(forwarded, peer, self.trusted_proxies))
+
+    def _hash(self, address: str | None) -> str | None:
         if not address:
             return None
         return hmac.new(self._address_salt, address.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def client_address(request: gr.Request | None, trusted_proxies: int) -> str | None:
-    """The client's address as the nearest trusted proxy saw it.
+    """The client's address as the nearest trusted proxy saw it (see ``address_of``)."""
+    if request is None:
+        return None
+    headers = getattr(request, "headers", None) or {}
+    getlist = getattr(headers, "getlist", None)
+    forwarded = getlist("x-forwarded-for") if getlist else [headers.get("x-forwarded-for", "")]
+    host = getattr(getattr(request, "client", None), "host", None)
+    return address_of(forwarded, str(host) if host else None, trusted_proxies)
+
+
+def address_of(forwarded: list[str], peer: str | None, trusted_proxies: int) -> str | None:
+    """The client's address from the ``X-Forwarded-For`` lines and the connection's peer.
 
     Each proxy appends the address it received from to ``X-Forwarded-For``, so
     with ``trusted_proxies`` proxies in front of the app the client is the
     entry that many places from the right; entries further left were written
-    by the client and prove nothing. With no proxy, the connection's peer.
+    by the client and prove nothing. A proxy may add its own header line
+    rather than extend the last one (HAProxy's ``option forwardfor``): the
+    lines are one list, joined in order, so a line the client sent first
+    cannot pass for the proxy's. With no proxy, the connection's peer.
     """
-    if request is None:
-        return None
     if trusted_proxies > 0:
-        headers = getattr(request, "headers", None) or {}
-        entries = [e.strip() for e in headers.get("x-forwarded-for", "").split(",") if e.strip()]
+        entries = [e.strip() for line in forwarded for e in line.split(",") if e.strip()]
         if len(entries) >= trusted_proxies:
             return entries[-trusted_proxies][:64]
-    client = getattr(request, "client", None)
-    host = getattr(client, "host", None)
-    return str(host)[:64] if host else None
+    return peer[:64] if peer else None
 
 
 def _session_of(request: gr.Request | None) -> str | None:

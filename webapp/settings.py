@@ -148,6 +148,26 @@ class Settings(DatabaseSettings):
     rate_new_identity_address: str = Field(
         "60/hour", description="New anonymous identities (first acceptances) per client address."
     )
+    rate_events_address: str = Field(
+        "20/second;600/minute",
+        description="Events of any kind (page or API, every route) per client address, counted before Gradio reads them.",
+    )
+    max_waiting_events: int = Field(
+        256, ge=1, le=100_000, description="Events one concurrency group may hold waiting; beyond it 'busy'."
+    )
+    max_sessions: int = Field(
+        1000,
+        ge=10,
+        le=100_000,
+        description="Sessions whose page state Gradio keeps in memory; the least recently used beyond it are dropped.",
+    )
+    max_connections: int = Field(
+        1000, ge=10, le=100_000, description="Connections and requests the server holds at once; beyond it 503."
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="A connection with no request in progress is closed after this many seconds."
+    )
+    keep_alive_s: float = Field(5.0, gt=0, le=600, description="An idle keep-alive connection is closed after this.")
     max_replies_per_identity: int = Field(
         2, ge=1, le=64, description="Replies one caller may have waiting or running at once."
     )
@@ -160,7 +180,12 @@ class Settings(DatabaseSettings):
     max_file_size: str = Field("1mb", description="Largest upload Gradio accepts (the app itself takes none).")
 
     @field_validator(
-        "rate_chat", "rate_chat_address", "rate_consent", "rate_consent_address", "rate_new_identity_address"
+        "rate_chat",
+        "rate_chat_address",
+        "rate_consent",
+        "rate_consent_address",
+        "rate_new_identity_address",
+        "rate_events_address",
     )
     @classmethod
     def _rate(cls, value: str) -> str:

@@ -104,6 +104,8 @@ def launch_options(settings: Settings | None = None) -> dict[str, Any]:
         allowed = frozenset(o.strip() for o in settings.allowed_origins.split(",") if o.strip())
         options |= {
             "max_file_size": settings.max_file_size,
+            # Gradio keeps each session's page state in memory: bounded in number, the oldest dropped.
+            "state_session_capacity": settings.max_sessions,
             "app_kwargs": {
                 "middleware": [Middleware(Guard, same_origin=settings.oauth or bool(allowed), allowed=allowed)]
             },
@@ -216,14 +218,20 @@ def build(
         # The page's language comes from the browser (or the visitor's saved choice).
         demo.load(None, None, lang, js="() => (window.llmjpInit ? window.llmjpInit() : 'ja')", **private)
         lang.input(None, lang, lang, js="(l) => window.llmjpSetLang(l)", **private)
+        # Cheap events each have their own group and run several at once, so none waits behind a flood
+        # of another kind (Gradio otherwise runs each event one at a time); how much one address may
+        # send, and how long each group's line may grow, is bounded at the door (webapp.doors).
+        state_group: dict[str, Any] = {"concurrency_id": "page_state", "concurrency_limit": 8, **private}
+        terms_group: dict[str, Any] = {"concurrency_id": "terms", "concurrency_limit": 8, **private}
+        withdraw_group: dict[str, Any] = {"concurrency_id": "withdraw", "concurrency_limit": 8}
         lang.change(
             user_errors(terms_page.returning),
             [receipt, lang],
             [form.accepted_note, form.fill],
             api_name="page_terms_note",
-            **private,
+            **state_group,
         )
-        demo.load(user_errors(page_state), state_inputs, state_outputs, api_name="page_load", **private)
+        demo.load(user_errors(page_state), state_inputs, state_outputs, api_name="page_load", **state_group)
         # Gradio mounts what sits in an unselected tab or a closed accordion only when it is first shown,
         # and a frame later sends it the values it was built with once more: what was typed into a box in
         # that frame was lost (the message box as the chat opens, the seed as its panel opens). A box
@@ -240,8 +248,8 @@ def build(
             [*form.fields, receipt, lang],
             [*form.fields, form.status, receipt],
             api_name="page_accept",
-            **private,
-        ).then(user_errors(page_state), state_inputs, state_outputs, api_name="page_unlock", **private)
+            **terms_group,
+        ).then(user_errors(page_state), state_inputs, state_outputs, api_name="page_unlock", **state_group)
         # Showing and hiding the confirmation runs in the browser alone.
         form.withdraw.click(None, None, form.confirm, js="() => ({visible: true, __type__: 'update'})", **private)
         form.confirm_no.click(None, None, form.confirm, js="() => ({visible: false, __type__: 'update'})", **private)
@@ -250,18 +258,19 @@ def build(
             [receipt, lang],
             [form.status, form.confirm, *form.fields],
             api_name="page_withdraw",
+            **withdraw_group,
             **private,
-        ).then(user_errors(page_state), state_inputs, state_outputs, api_name="page_lock", **private)
+        ).then(user_errors(page_state), state_inputs, state_outputs, api_name="page_lock", **state_group)
         # Recording is a short database write: let several run at once (appends
         # still serialise on the log's head row) rather than one at a time.
         gr.api(user_errors(handlers.accept_terms), api_name="accept_terms", concurrency_limit=8)
-        gr.api(user_errors(handlers.withdraw_consent), api_name="withdraw_consent")
+        gr.api(user_errors(handlers.withdraw_consent), api_name="withdraw_consent", **withdraw_group)
         gr.api(user_errors(handlers.acknowledge_licence), api_name="acknowledge_licence")
 
         # Chat: the page streams into the chatbot; /chat streams text. Both go
         # through the same gate before any token is made, and the same lanes.
         ui_chat.wire(chat, chat_page, lang=lang, receipt=receipt).then(
-            user_errors(page_state), state_inputs, state_outputs, api_name="page_model_state", **private
+            user_errors(page_state), state_inputs, state_outputs, api_name="page_model_state", **state_group
         )
 
         def acknowledge(

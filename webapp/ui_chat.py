@@ -168,8 +168,9 @@ def wire(chat: ChatView, page: ChatPage, *, lang: gr.Component, receipt: gr.Comp
     # Stop never waits in the queue behind other events: it only sets this visitor's stop flag.
     # "multiple": a click's event may still be on its way back when the visitor stops the next reply,
     # and a button's default ("once") ignores clicks while its last event is pending.
+    # The conversation as shown names the reply the Stop was pressed for (its pending note's id).
     chat.stop.click(
-        page.stop, None, None, api_name="page_stop", concurrency_limit=None, trigger_mode="multiple", **private
+        page.stop, chat.chatbot, None, api_name="page_stop", concurrency_limit=None, trigger_mode="multiple", **private
     )
     chat.chatbot.undo(
         user_errors(page.undo), chat.chatbot, [chat.chatbot, chat.message], api_name="page_undo", **private
@@ -182,14 +183,14 @@ def wire(chat: ChatView, page: ChatPage, *, lang: gr.Component, receipt: gr.Comp
     lang.change(*export, api_name="page_lang_export", **private)
     chat.chatbot.like(
         user_errors(page.rate),
-        [chat.chatbot, chat.replies, lang],
+        [chat.chatbot, chat.replies, lang, receipt],
         [chat.pending_rating, chat.feedback, chat.feedback_target],
         api_name="page_rate",
         **private,
     )
     chat.feedback_send.click(
         user_errors(page.annotate),
-        [chat.pending_rating, chat.feedback_comment, chat.feedback_share, chat.chatbot, lang],
+        [chat.pending_rating, chat.feedback_comment, chat.feedback_share, chat.chatbot, chat.replies, lang, receipt],
         [chat.pending_rating, chat.feedback, chat.feedback_comment, chat.feedback_share],
         api_name="page_rate_comment",
         **private,
