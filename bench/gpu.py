@@ -67,7 +67,7 @@ def tokenizer_for(smoke: bool):
 
 def build(spec: ModelSpec, p: Plan):
     """Random weights of ``spec``'s shape, made where they run."""
-    config = memory.config_of(spec.architecture.value, spec.shape, spec.context)
+    config = spec.config()
     torch.manual_seed(0)
     with torch.device(p.device):
         model = AutoModelForCausalLM.from_config(config, dtype=p.dtype)
@@ -219,7 +219,7 @@ def vllm_rows(spec: ModelSpec, p: Plan, smoke: bool, workdir: Path) -> list[Row]
         return [Row(f"5b. {spec.id} shape: vLLM", f"not measured: {python} has no vLLM (./dev run makes it)", "", "",
                     "(reported)", None)]  # fmt: skip
     model_dir = workdir / spec.id
-    config = memory.config_of(spec.architecture.value, spec.shape, spec.context)
+    config = spec.config()
     config.save_pretrained(model_dir)
     tokenizer_for(smoke).save_pretrained(model_dir)
     command = (

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Any
 
 from inference.errors import UnknownModel
 from inference.prompts import PromptFormat
@@ -221,6 +222,32 @@ class ModelSpec:
     def weights_bytes(self) -> int:
         """Memory for the weights in the checkpoint's dtype, before the KV cache."""
         return self.parameters * DTYPE_BYTES[self.dtype]
+
+    def config(self) -> Any:
+        """A transformers config with the card's sizes (for random-weight models of the real shapes)."""
+        from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, MixtralConfig
+
+        shape, context = self.shape, self.context
+        if self.architecture is Architecture.GPT2:
+            return GPT2Config(
+                vocab_size=shape.vocab, n_embd=shape.hidden, n_layer=shape.layers, n_head=shape.heads,
+                n_inner=shape.intermediate, n_positions=shape.positions, tie_word_embeddings=shape.tied,
+            )  # fmt: skip
+        if self.architecture is Architecture.GPT_NEOX:
+            return GPTNeoXConfig(
+                vocab_size=shape.vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+                num_attention_heads=shape.heads, intermediate_size=shape.intermediate, max_position_embeddings=context,
+                tie_word_embeddings=shape.tied,
+            )  # fmt: skip
+        llama = {
+            "vocab_size": shape.vocab, "hidden_size": shape.hidden, "intermediate_size": shape.intermediate,
+            "num_hidden_layers": shape.layers, "num_attention_heads": shape.heads,
+            "num_key_value_heads": shape.kv_heads or shape.heads, "max_position_embeddings": context,
+            "tie_word_embeddings": shape.tied,
+        }  # fmt: skip
+        if self.architecture is Architecture.MIXTRAL:
+            return MixtralConfig(**llama, num_local_experts=shape.experts, num_experts_per_tok=shape.active_experts)
+        return LlamaConfig(**llama)
 
     @property
     def kv_bytes_per_token(self) -> int:

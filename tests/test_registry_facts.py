@@ -2,40 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from transformers import PretrainedConfig
 
 from inference import CHECKPOINTS, TINY_MODELS, Registry, memory, tiny
 
 REGISTRY = Registry.of(CHECKPOINTS)
-
-
-def config_of(architecture: str, shape: Any, context: int) -> PretrainedConfig:
-    """A transformers config of ``architecture`` with the sizes of a registry ``Shape``."""
-    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, MixtralConfig
-
-    if architecture == "gpt2":
-        return GPT2Config(
-            vocab_size=shape.vocab, n_embd=shape.hidden, n_layer=shape.layers, n_head=shape.heads,
-            n_inner=shape.intermediate, n_positions=shape.positions, tie_word_embeddings=shape.tied,
-        )  # fmt: skip
-    if architecture == "gpt_neox":
-        return GPTNeoXConfig(
-            vocab_size=shape.vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
-            num_attention_heads=shape.heads, intermediate_size=shape.intermediate, max_position_embeddings=context,
-            tie_word_embeddings=shape.tied,
-        )  # fmt: skip
-    llama = {
-        "vocab_size": shape.vocab, "hidden_size": shape.hidden, "intermediate_size": shape.intermediate,
-        "num_hidden_layers": shape.layers, "num_attention_heads": shape.heads,
-        "num_key_value_heads": shape.kv_heads or shape.heads, "max_position_embeddings": context,
-        "tie_word_embeddings": shape.tied,
-    }  # fmt: skip
-    if architecture == "mixtral":
-        return MixtralConfig(**llama, num_local_experts=shape.experts, num_experts_per_tok=shape.active_experts)
-    return LlamaConfig(**llama)
 
 
 # (id, the card's figure, tolerance): exact counts where the card prints them, its rounded size otherwise.
@@ -67,7 +38,7 @@ def test_the_moe_active_parameters_match_the_card_and_show_in_the_model_list() -
 @pytest.mark.parametrize("spec", CHECKPOINTS + TINY_MODELS, ids=lambda s: s.id)
 def test_the_count_is_exactly_what_the_model_class_holds(spec) -> None:
     """The registry's arithmetic against transformers' own classes, instantiated on the meta device."""
-    config = config_of(spec.architecture.value, spec.shape, spec.context)
+    config = spec.config()
     assert spec.parameters == memory.parameter_count(config)
 
 

@@ -38,7 +38,7 @@ from webapp.chat_messages import (
     to_history,
     trimmed_text,
 )
-from webapp.handlers import Handlers
+from webapp.handlers import ADMITTED, Handlers
 from webapp.i18n import pick, say
 from webapp.models_info import engine_of
 
@@ -217,7 +217,8 @@ class ReplyStreams:
             s.request, s.profile, s.receipt, text, s.model_id, to_history(shown), s.sampling
         )
         try:
-            await anext(tokens)  # every check; the first item says the reply is admitted
+            _, admitted = await anext(tokens)  # every check runs before the first item
+            assert admitted is ADMITTED, admitted
         except (AppError, StopAsyncIteration) as exc:
             self._release(key, stopped)
             await tokens.aclose()

@@ -120,6 +120,16 @@ def _sampling(
     }
 
 
+class Admitted:
+    """The first item of a reply: every check passed and the reply holds its place (nothing generated yet)."""
+
+    def __repr__(self) -> str:
+        return "ADMITTED"
+
+
+ADMITTED = Admitted()
+
+
 class Handlers:
     """The server side of terms, consent and chat."""
 
@@ -224,9 +234,9 @@ class Handlers:
         model_id: Any,
         history: Any,
         sampling: dict[str, Any],
-    ) -> AsyncIterator[tuple[list[Message], str | Status | None]]:
+    ) -> AsyncIterator[tuple[list[Message], str | Status | Admitted]]:
         """Every check, then the reply (the page's and the API's one way in): yields the validated history
-        with ``None`` once admitted, then with each item of the stream.
+        with ``ADMITTED`` once every check has passed, then with each item of the stream.
 
         Cheap checks (rate, shape and size of the input) run here; the gate
         reads (and on refusal writes) the database, so it runs off the event
@@ -239,7 +249,7 @@ class Handlers:
         past = parse_history(history, max_chars=spec.context * HISTORY_CHARS_PER_CONTEXT_TOKEN)
         options = await asyncio.to_thread(self._admit, caller, message, spec, sampling)
         with self.in_flight.hold(caller) as ticket:
-            yield past, None
+            yield past, ADMITTED
             who = (caller.client_hash or "", caller.limit_key)  # the model's places go round these
             async for item in self.inference.stream(spec.id, past, message, options, stop=ticket.stop, who=who):
                 yield past, item
