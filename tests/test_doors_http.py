@@ -284,7 +284,7 @@ def test_a_flood_of_cheap_events_from_one_address_delays_no_one_else(door_app: R
                 body = {"data": data, "fn_index": index, "session_hash": uuid.uuid4().hex}
                 codes.append(http.post(f"{base}/queue/join", json=body).status_code)
 
-    state = ["tiny-llama", None, ""]
+    state = ["tiny-llama", None, "", "ja"]
     with ThreadPoolExecutor(8) as pool:
         floods = [pool.submit(flood, "page_withdraw", [None, "ja"]) for _ in range(4)]
         floods += [pool.submit(flood, "page_load", state) for _ in range(4)]
@@ -303,7 +303,7 @@ def test_a_flood_of_cheap_events_from_one_address_delays_no_one_else(door_app: R
         f" unlock {unlock_s:.2f} s, withdrawal {withdraw_s:.2f} s"
     )
     assert error_of(unlocked) is None and error_of(withdrawn) is None
-    assert "✅" in str(withdrawn["output"]["data"][0])  # the victim's own budget was not spent
+    assert "✓" in str(withdrawn["output"]["data"][0])  # the victim's own budget was not spent
     assert codes.count(429) > len(codes) // 2
     assert unlock_s < 2.0 and withdraw_s < 2.0
 
@@ -316,7 +316,7 @@ def test_the_client_address_comes_from_every_forwarded_line_joined(door_app: Run
     with httpx.Client(timeout=30) as http:
         for i in range(30):
             headers = [("x-forwarded-for", f"192.0.2.{i}"), ("x-forwarded-for", "198.51.100.77")]
-            body = {"data": ["tiny-llama", None, ""], "fn_index": index, "session_hash": uuid.uuid4().hex}
+            body = {"data": ["tiny-llama", None, "", "ja"], "fn_index": index, "session_hash": uuid.uuid4().hex}
             codes.append(http.post(f"{base}/queue/join", json=body, headers=headers).status_code)
     # 20 a second per address: every line counted as 198.51.100.77, whatever the client wrote first.
     assert 429 in codes, codes

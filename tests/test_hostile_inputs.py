@@ -79,7 +79,7 @@ def http() -> Iterator[httpx.Client]:
 
 def still_serving(app: RunningApp, http: httpx.Client) -> None:
     """The app keeps serving: the queue runs a cheap event for a new session."""
-    assert call(app, "page_load", ["tiny-llama", None, ""], uuid.uuid4().hex, http=http)["success"]
+    assert call(app, "page_load", ["tiny-llama", None, "", "ja"], uuid.uuid4().hex, http=http)["success"]
 
 
 @pytest.mark.parametrize(("endpoint", "case"), _cases())
