@@ -462,10 +462,14 @@ class Batcher:
         if not bool(mask.all()):
             # What padding left in the cache is masked from every later step; zeroed, it
             # cannot turn into NaN there whatever the attention kernel does with it.
+            from transformers.cache_utils import CacheLayerMixin
+
             hidden = ~mask.bool()[:, None, :, None]
             for layer in cache.layers:
-                layer.keys.masked_fill_(hidden, 0)
-                layer.values.masked_fill_(hidden, 0)
+                # Layers that hold no attention keys (recurrent or cache-less ones) have nothing to zero.
+                if isinstance(layer, CacheLayerMixin) and layer.keys is not None and layer.values is not None:
+                    layer.keys.masked_fill_(hidden, 0)
+                    layer.values.masked_fill_(hidden, 0)
         logits = out.logits[:, -1, :]
         seen = torch.zeros((len(rows), logits.shape[-1]), dtype=torch.bool, device=device)
         real = mask.bool()

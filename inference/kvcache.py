@@ -39,10 +39,12 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         held = self.get_seq_length()
         length = held + key_states.shape[-2]
-        if not self._fits(key_states, length):
+        old_keys, old_values = self.keys, self.values
+        assert old_keys is not None and old_values is not None, "set by lazy_initialization"
+        if self._buffers is None or not _fits(self._buffers[0], old_keys, key_states, length):
             self._buffers = (
-                _grown(self.keys, key_states, held, length),
-                _grown(self.values, value_states, held, length),
+                _grown(old_keys, key_states, held, length),
+                _grown(old_values, value_states, held, length),
             )
         keys, values = self._buffers
         keys[:, :, held:length] = key_states
@@ -50,17 +52,15 @@ class GrowingLayer(DynamicLayer):
         self.keys, self.values = keys[:, :, :length], values[:, :, :length]
         return self.keys, self.values
 
-    def _fits(self, key_states: torch.Tensor, length: int) -> bool:
-        """Whether ``keys`` still views its buffer, and the buffer has room for ``length`` positions."""
-        if self._buffers is None:
-            return False
-        buffer, keys = self._buffers[0], self.keys
-        return (
-            buffer.shape[-2] >= length
-            and keys.data_ptr() == buffer.data_ptr()
-            and keys.stride() == buffer.stride()
-            and keys.shape[:2] == buffer.shape[:2] == key_states.shape[:2]
-        )
+
+def _fits(buffer: torch.Tensor, keys: torch.Tensor, key_states: torch.Tensor, length: int) -> bool:
+    """Whether ``keys`` still views ``buffer``, and the buffer has room for ``length`` positions."""
+    return (
+        buffer.shape[-2] >= length
+        and keys.data_ptr() == buffer.data_ptr()
+        and keys.stride() == buffer.stride()
+        and keys.shape[:2] == buffer.shape[:2] == key_states.shape[:2]
+    )
 
 
 def growing_cache(config: Any) -> DynamicCache:

@@ -186,7 +186,7 @@ class TransformersBackend:
             if arrival.error is not None:
                 raise arrival.error
         try:
-            slot = self._arrive(spec, arrival)
+            arrived = self._arrive(spec, arrival)
         except BaseException as exc:
             arrival.error = exc
             raise
@@ -194,11 +194,11 @@ class TransformersBackend:
             with self._lock:
                 del self._arrivals[spec.id]
                 if arrival.error is None:
-                    self._slots[spec.id] = slot
-                    slot.users += 1  # this caller; the waiters take theirs as they wake
-                    slot.used = time.monotonic()
+                    self._slots[spec.id] = arrived
+                    arrived.users += 1  # this caller; the waiters take theirs as they wake
+                    arrived.used = time.monotonic()
                 arrival.done.set()
-        return slot.loaded
+        return arrived.loaded
 
     def release(self, spec: ModelSpec) -> None:
         """Give back a hold taken by ``acquire`` (or ``prepare``)."""

@@ -239,7 +239,7 @@ class ModelSpec:
                 num_attention_heads=shape.heads, intermediate_size=shape.intermediate, max_position_embeddings=context,
                 tie_word_embeddings=shape.tied,
             )  # fmt: skip
-        llama = {
+        llama: dict[str, Any] = {
             "vocab_size": shape.vocab, "hidden_size": shape.hidden, "intermediate_size": shape.intermediate,
             "num_hidden_layers": shape.layers, "num_attention_heads": shape.heads,
             "num_key_value_heads": shape.kv_heads or shape.heads, "max_position_embeddings": context,

@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import openai
 from transformers import AutoTokenizer
 
@@ -36,7 +35,7 @@ from inference.sampling import SamplingOptions
 log = logging.getLogger(__name__)
 
 # Connecting must be quick; a read may wait for a busy server's prefill.
-TIMEOUT = httpx.Timeout(120.0, connect=5.0)
+TIMEOUT = openai.Timeout(120.0, connect=5.0)
 
 
 def request_body(endpoint: Endpoint, options: SamplingOptions, max_tokens: int, eos: int | None, pad: int | None):

@@ -66,7 +66,8 @@ def from_sentencepiece(
     """Load a SentencePiece ``.model`` file as a faithful ``PreTrainedTokenizerFast``."""
     from sentencepiece import sentencepiece_model_pb2
 
-    proto = sentencepiece_model_pb2.ModelProto()
+    # protobuf builds ModelProto when the module is imported, so no type checker can see it.
+    proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]
     proto.ParseFromString(Path(model_file).read_bytes())
     if proto.trainer_spec.model_type != 1:  # 1 is UNIGRAM
         raise ValueError(f"{model_file}: only Unigram SentencePiece models are supported")

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -77,7 +78,8 @@ def tiny_config(arch: Architecture, tokenizer: PreTrainedTokenizerFast) -> Pretr
         "pad_token_id": tokenizer.pad_token_id,
     }
     # Mixtral is Llama with routed experts in place of the MLP: same shape otherwise.
-    llama_shape = {
+    # Keyword arguments of several config classes, of several types.
+    llama_shape: dict[str, Any] = {
         "hidden_size": 64,
         "intermediate_size": 128,
         "num_hidden_layers": 2,

@@ -133,7 +133,7 @@ class ChatPage:
         index = data.index if data is not None and isinstance(data.index, int) else -1
         rid = reply_id(messages or [], index)
         record = (replies or {}).get(rid) if rid else None
-        if record is None or data.liked not in (True, False):
+        if rid is None or record is None or data.liked not in (True, False):
             gr.Info(say(lang, "feedback_none"), title=say(lang, "notice_title"))
             return gr.skip(), gr.skip(), gr.skip()
         self._check(caller, rid, record, through_reply(messages or [], rid))

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -240,7 +240,7 @@ class ReplyStreams:
         shown: Messages,
         text: str,
         s: Settings,
-        tokens: AsyncIterator[Any],
+        tokens: AsyncGenerator[Any],
         key: str,
         rid: str,
         stopped: asyncio.Event,

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.exc import SQLAlchemyError
@@ -158,6 +159,12 @@ RETENTION_SWEEP_S = 3600.0
 _DB_ERRORS = (SQLAlchemyError, DatabaseUnavailable, OSError)
 
 
+class _Meta(TypedDict):
+    """What every event records about the caller beyond their identity."""
+
+    client_hash: str | None
+
+
 class Gate:
     """Records consent and decides, on the server, who may generate with which model.
 
@@ -212,7 +219,7 @@ class Gate:
             log.info("retention: erased %d contact record(s) older than %d days", count, self.retention_days)
         return count
 
-    def _meta(self, caller: Caller) -> dict[str, str | None]:
+    def _meta(self, caller: Caller) -> _Meta:
         # The user agent is kept only with the (erasable) contact fields of an acceptance.
         return {"client_hash": caller.client_hash}
 

@@ -7,7 +7,7 @@ so the page and a direct API call are held to exactly the same rule.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Literal
 
 import gradio as gr
@@ -234,7 +234,7 @@ class Handlers:
         model_id: Any,
         history: Any,
         sampling: dict[str, Any],
-    ) -> AsyncIterator[tuple[list[Message], str | Status | Admitted]]:
+    ) -> AsyncGenerator[tuple[list[Message], str | Status | Admitted]]:
         """Every check, then the reply (the page's and the API's one way in): yields the validated history
         with ``ADMITTED`` once every check has passed, then with each item of the stream.
 

@@ -21,7 +21,7 @@ def notice(lang: str, retention_days: int | None) -> str:
     return text.replace("{retention_ja}", ja).replace("{retention_en}", en)
 
 
-def render(retention_days: int | None, label: object = "個人情報の取り扱い / Privacy notice") -> None:
+def render(retention_days: int | None, label: str | gr.i18n.I18nData = "個人情報の取り扱い / Privacy notice") -> None:
     """The notice, folded beside the acceptance form, Japanese first; ``label`` may be a translated one."""
     with gr.Accordion(label, open=False, elem_id="privacy-notice"), gr.Tabs():
         with gr.Tab("日本語", id="privacy-ja"):

@@ -23,11 +23,9 @@ def _default_hub_cache() -> Path | None:
     return storage / "huggingface" / "hub" if storage else None
 
 
-def _ids(value: object) -> list[str]:
-    """A list of model ids from a comma-separated string or a JSON list."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return [str(v) for v in value or []]
+def _ids(value: str) -> list[str]:
+    """A list of model ids from a comma-separated string."""
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 class RemoteModel(BaseModel):

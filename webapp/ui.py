@@ -128,7 +128,8 @@ class _AdminView:
 def _render_admin() -> _AdminView:
     gr.Markdown(t("audit_log"))
     refresh = gr.Button(t("refresh"), size="sm")
-    plot = gr.BarPlot(x="day", y="acceptances", y_lim=[0, None], sort="x", title=t("per_day"))
+    # Gradio translates I18nData in any text, though the plot's title is typed str.
+    plot = gr.BarPlot(x="day", y="acceptances", y_lim=[0, None], sort="x", title=t("per_day"))  # type: ignore[arg-type]
     events = gr.Dataframe(headers=EVENT_COLUMNS, datatype="str", label=t("latest_events"), wrap=True)
     gr.Markdown(t("access_report"))
     download = gr.HTML("")

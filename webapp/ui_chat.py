@@ -24,7 +24,7 @@ EXAMPLES = [
 ]
 
 
-LATEX = [
+LATEX: list[dict[str, str | bool]] = [
     {"left": "$$", "right": "$$", "display": True},
     {"left": "$", "right": "$", "display": False},
     {"left": "\\[", "right": "\\]", "display": True},
@@ -85,7 +85,8 @@ def render(registry: Registry, availability: Availability | None = None) -> Chat
         height=480,
         buttons=["copy"],
         editable="user",
-        placeholder=t("chat_placeholder"),
+        # Gradio translates I18nData in any text, though the placeholder is typed str.
+        placeholder=t("chat_placeholder"),  # type: ignore[arg-type]
         examples=[{"text": e} for e in EXAMPLES],
         # $…$ inline and $$…$$ displayed, as researchers write maths; \(…\) and \[…\] as LaTeX does.
         latex_delimiters=LATEX,
@@ -134,7 +135,7 @@ def render(registry: Registry, availability: Availability | None = None) -> Chat
     )  # fmt: skip
 
 
-def wire(chat: ChatView, page: ChatPage, *, lang: gr.Component, receipt: gr.Component) -> Any:
+def wire(chat: ChatView, page: ChatPage, *, lang: gr.Radio, receipt: gr.Component) -> Any:
     """The chat's events; returns the model change event, for the page to chain its state onto."""
     private: dict[str, Any] = {"api_visibility": "private"}
     tail = [chat.model, *chat.sliders, chat.seed, chat.replies, lang, receipt]

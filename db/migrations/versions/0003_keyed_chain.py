@@ -60,7 +60,8 @@ _GUARDS = {
 
 
 def _keys() -> Keyring:
-    keys = op.get_context().config.attributes.get("audit_keys")
+    config = op.get_context().config
+    keys = None if config is None else config.attributes.get("audit_keys")
     if keys is None:
         from db.engine import default_keyring
 
@@ -128,6 +129,7 @@ def upgrade() -> None:
         fields |= {"created_at": iso(row["created_at"]), "contact_commitment": promise, "detail": None,
                    "key_id": kid, "prev_hash": prev}  # fmt: skip
         digest = keys.sign(kid, fields)
+        assert digest is not None, "the keyring's current key always signs"
         bind.execute(sa.update(events).where(events.c.seq == row["seq"])
                      .values(contact_commitment=promise, key_id=kid, prev_hash=prev, hash=digest))  # fmt: skip
         prev = digest
@@ -144,6 +146,7 @@ def upgrade() -> None:
         for name in CONTACT_FIELDS:
             fields.pop(name)
         digest = keys.sign(kid, fields)
+        assert digest is not None, "the keyring's current key always signs"
         full = sa.table("events", *(sa.column(n) for n in fields if n != "created_at"),
                         sa.column("created_at", db.models.UTCDateTime()), sa.column("hash"))  # fmt: skip
         bind.execute(sa.insert(full).values(**(fields | {"created_at": at, "hash": digest})))
