@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from transformers import PretrainedConfig
 
-from inference import CHECKPOINTS, TINY_MODELS, Registry, memory, tiny
+from inference import CHECKPOINTS, TINY_MODELS, Registry
+from inference.local import memory, tiny
 
 REGISTRY = Registry.of(CHECKPOINTS)
 
