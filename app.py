@@ -2,10 +2,10 @@
 
 import logging
 
+from webapp.boundary.serving import limit_connections
 from webapp.factory import create_app
-from webapp.serving import limit_connections
 from webapp.settings import Settings
-from webapp.ui import launch_options
+from webapp.ui.page import launch_options
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -20,8 +20,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, Gene
 
 from bench import models
 from bench.stats import Row
-from inference import SamplingOptions, batching, kvcache
-from inference.batching import Batcher, Request
+from inference import SamplingOptions
+from inference.local import batcher as batching
+from inference.local import kvcache
+from inference.local.batcher import Batcher, Request
 
 PROMPTS = [
     "富士山について教えて",

@@ -15,11 +15,11 @@ from sqlalchemy import text
 from bench.stats import percentile
 from db.audit import verify
 from db.engine import make_engine, session_factory, upgrade
-from webapp.consent import AcceptanceForm, Gate
-from webapp.identity import Caller, Identities
-from webapp.receipts import Receipts
+from webapp.gate.consent import AcceptanceForm, Gate
+from webapp.gate.identity import Caller, Identities
+from webapp.gate.receipts import Receipts
+from webapp.gate.terms import Terms
 from webapp.settings import Settings
-from webapp.terms import Terms
 
 FORM = AcceptanceForm.parse(name="山田 太郎", email="taro@example.jp", affiliation="NII", purpose="bench", agree=True)
 API_FORM = {"name": "山田 太郎", "email": "taro@example.jp", "affiliation": "NII", "purpose": "bench", "agree": True}

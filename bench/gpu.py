@@ -4,11 +4,11 @@ Each model is built on the GPU from the registry's sizes (nothing is
 downloaded). Per model: the GPU's weight-bandwidth floor (a decode step reads
 every weight once, so ``batch × bandwidth / weight bytes`` tokens per second
 is the most any engine can reach), plain ``generate()`` and the app's own
-loop (``inference.batching.Batcher``) at batch 1, 4 and 8 with their first-token
-latency, the peak memory against the app's estimate (``inference.memory``),
+loop (``inference.local.batcher.Batcher``) at batch 1, 4 and 8 with their first-token
+latency, the peak memory against the app's estimate (``inference.local.memory``),
 and a seeded request run twice. Then vLLM at the same batches, when the
 engine environment has it (``--load-format dummy``: random weights, same
-shapes), started by the app's own supervision (``inference.engines``).
+shapes), started by the app's own supervision (``inference.servers.engines``).
 
 ``--smoke`` runs all of it on a CPU with the tiny shapes, the stand-in
 engine taking vLLM's place, so that the test suite keeps it working.
@@ -30,11 +30,11 @@ from transformers import AutoModelForCausalLM
 
 from bench import models
 from bench.stats import Row
-from inference import engines as engine_processes
-from inference import memory, tiny
-from inference.batching import Batcher, Request
+from inference.local import memory, tiny
+from inference.local.batcher import Batcher, Request
 from inference.registry import CHECKPOINTS, TINY_MODELS, ModelSpec, Server
 from inference.sampling import SamplingOptions
+from inference.servers import engines as engine_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDIN = ROOT / "tests" / "engine_standin.py"

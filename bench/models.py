@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, MixtralConfig, PretrainedConfig, PreTrainedTokenizerFast
 
-from inference import tiny
-from inference.spm import from_sentencepiece
+from inference.local import tiny
+from inference.local.spm import from_sentencepiece
 
 VER3 = (
     Path(__file__).resolve().parents[2]

@@ -18,11 +18,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaC
 from bench import gate, models, server
 from bench.stats import Row, Sample, percentile
 from bench.streaming import MESSAGE, Plain, chat_payload, http_chat
-from inference import TINY_MODELS, Inference, Registry, SamplingOptions, memory
-from inference.local import TransformersBackend
+from inference import TINY_MODELS, Inference, Registry, SamplingOptions
+from inference.local import memory
+from inference.local.backend import TransformersBackend
+from inference.local.spm import from_sentencepiece
 from inference.progress import Downloading, Finished
 from inference.registry import Architecture
-from inference.spm import from_sentencepiece
 
 # A short answer (the chat's default allows 1,024): long enough that a reply is mostly decoding,
 # as chat replies are, and short enough for a run of a few minutes.
@@ -176,7 +177,7 @@ def download_rows(data_dir: Path) -> list[Row]:
     """A chat on a loaded model while another model's download is under way (the hub stand-in, held half-way)."""
     from huggingface_hub import constants
 
-    from inference import tiny
+    from inference.local import tiny
     from tests.fake_hub import FakeHub
 
     path = models.llama_110m(data_dir / "llama-110m")

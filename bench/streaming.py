@@ -21,8 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bench import server
 from bench.stats import Sample
 from inference import TINY_MODELS, Registry
+from inference.local.decoder import IncrementalDecoder
 from inference.prompts import conversation, render
-from inference.streaming import IncrementalDecoder
 
 MESSAGE = "富士山について教えて"
 
@@ -207,8 +207,8 @@ def in_process(model_id: str, path: Path, max_new_tokens: int, runs: int) -> dic
     import threading
 
     from inference import Inference, SamplingOptions
-    from inference.batching import Batcher, Request
-    from inference.local import TransformersBackend
+    from inference.local.backend import TransformersBackend
+    from inference.local.batcher import Batcher, Request
 
     plain = Plain(model_id, path)
     options = SamplingOptions(temperature=0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_new_tokens=max_new_tokens)

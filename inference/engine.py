@@ -142,7 +142,7 @@ class Inference:
     its requests are generated together, batched by the backend. Each remote
     server (``spec.endpoint``) has its own lane, ``remote_concurrency`` wide,
     since it batches requests itself; so does each engine process the app
-    starts (``spec.engine``: ``inference.engines``). Every lane queues at most ``max_queue``
+    starts (``spec.engine``: ``inference.servers.engines``). Every lane queues at most ``max_queue``
     requests in arrival order and refuses more with ``Busy``. Preparing a
     request (a download or a load of its model, rendering and tokenising its
     prompt) happens before its lane, on threads of its own, so a visitor

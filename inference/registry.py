@@ -99,7 +99,7 @@ class Shape:
     """A checkpoint's sizes, as its card and config give them.
 
     Parameter counts follow from these for the four architectures here
-    (tests check them against ``inference.memory``, which counts the real
+    (tests check them against ``inference.local.memory``, which counts the real
     model classes exactly, and against the cards' published figures).
     """
 
@@ -164,7 +164,7 @@ LLMJP_13B_V11 = Shape(layers=40, hidden=5120, heads=40, intermediate=20480, voca
 # 65,536-piece vocabulary are the released config's, not the card's.
 WEBLAB_10B = Shape(layers=36, hidden=4864, heads=38, intermediate=19456, vocab=65_536)
 
-# The random-weight models inference.tiny builds (a test checks that they agree).
+# The random-weight models inference.local.tiny builds (a test checks that they agree).
 _TINY_LLAMA = Shape(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=2_611)
 TINY_SHAPES = {
     Architecture.LLAMA: _TINY_LLAMA,
@@ -200,7 +200,7 @@ class ModelSpec:
     """Set when the model runs on a remote server instead of this machine."""
     engine: Server | None = None
     """Set when this machine serves the model through a server process the app starts and watches
-    (``inference.engines``: vLLM on a GPU); None: this process's transformers loop."""
+    (``inference.servers.engines``: vLLM on a GPU); None: this process's transformers loop."""
     revision: str | None = None
     """The hub commit (or branch, or tag) to load; the newest on the main branch when unset."""
 

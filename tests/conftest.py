@@ -40,7 +40,7 @@ def japanese_lines() -> list[str]:
 @pytest.fixture(scope="session")
 def real_tokenizers() -> dict[str, object]:
     """The real LLM-jp tokenizers, converted to fast tokenizers."""
-    from inference.spm import from_sentencepiece
+    from inference.local.spm import from_sentencepiece
 
     missing = [str(p) for p in SP_MODELS.values() if not p.exists()]
     assert not missing, f"the shared LLM-jp tokenizers are missing: {missing}"
@@ -124,9 +124,9 @@ GENEROUS_LIMITS = {
 
 def launch(settings: object, models_dir: Path, wrap: Callable | None = None, **kwargs: object) -> RunningApp:
     """Build and launch the real app for ``settings`` on a free port; ``wrap`` may wrap its backend."""
-    from inference.local import TransformersBackend
+    from inference.local.backend import TransformersBackend
     from webapp.factory import create_app
-    from webapp.ui import launch_options
+    from webapp.ui.page import launch_options
 
     backend = CountingBackend(TransformersBackend(models_dir=models_dir, max_loaded=4, offline=True))
     demo = create_app(settings, backend=wrap(backend) if wrap else backend, **kwargs)  # type: ignore[arg-type]
@@ -239,8 +239,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def identity_of(app: RunningApp, receipt: str) -> str:
     """The identity the server records for the holder of ``receipt`` (its pseudonym, as admins see it)."""
-    from webapp.identity import Identities
-    from webapp.receipts import Receipts
+    from webapp.gate.identity import Identities
+    from webapp.gate.receipts import Receipts
 
     secret = app.settings.server_secret()  # type: ignore[attr-defined]
     receipts = Receipts(secret, max_age_days=90)

@@ -289,7 +289,7 @@ def test_the_access_report_never_touches_disk(public_app: RunningApp, tmp_path: 
     import base64
 
     from db.engine import make_engine, session_factory
-    from webapp.admin import Admin
+    from webapp.admin.audit import Admin
 
     temp = Path(tempfile.gettempdir())
     before = set(temp.glob("llmjp-export-*")) | set(temp.rglob("access-report*"))

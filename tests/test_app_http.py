@@ -15,7 +15,7 @@ from gradio_client.exceptions import AppError
 
 from tests.conftest import RunningApp, identity_of
 from tests.hostile import call
-from webapp.terms import Terms
+from webapp.gate.terms import Terms
 
 FORM = {
     "name": "山田 太郎",

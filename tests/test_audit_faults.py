@@ -27,11 +27,11 @@ from db.chain import Keyring
 from db.engine import make_engine, session_factory, upgrade
 from inference import TINY_MODELS, Registry
 from tests.conftest import GENEROUS_LIMITS, ROOT, PostgresServer, free_port, launch
-from webapp.consent import AcceptanceForm, Gate
 from webapp.errors import AuditUnavailable, ConsentRequired
-from webapp.identity import Caller, Identities
-from webapp.receipts import Receipts
-from webapp.terms import Terms
+from webapp.gate.consent import AcceptanceForm, Gate
+from webapp.gate.identity import Caller, Identities
+from webapp.gate.receipts import Receipts
+from webapp.gate.terms import Terms
 
 SECRET = b"fault-test-secret-0123456789abcdef"
 KEYS = Keyring.of(b"fault-test-audit-key-0123456789")

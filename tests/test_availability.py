@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from inference import CHECKPOINTS, TINY_MODELS
-from webapp import chat_reply
-from webapp.availability import Availability
-from webapp.prompt_view import prompt_section
+from webapp.chat import reply as chat_reply
+from webapp.chat.availability import Availability
+from webapp.chat.prompt_view import prompt_section
 
 GB = 1000**3
 BY_ID = {s.id: s for s in CHECKPOINTS + TINY_MODELS}

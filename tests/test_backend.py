@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from inference import TINY_MODELS, Inference, Registry, SamplingOptions
-from inference.local import TransformersBackend
+from inference.local.backend import TransformersBackend
 from inference.registry import Architecture
 
 IDS = [s.id for s in TINY_MODELS]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from inference import TINY_MODELS, Inference, Registry, SamplingOptions
-from inference.batching import GENERATION_NICENESS, Batcher, Request, _groups
-from inference.local import TransformersBackend
+from inference.local.backend import TransformersBackend
+from inference.local.batcher import GENERATION_NICENESS, Batcher, Request, _groups
 from inference.progress import Finished, Queued, Trimmed
 from inference.prompts import Prompt, conversation, prepare
 

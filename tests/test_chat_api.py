@@ -10,7 +10,7 @@ from gradio_client.exceptions import AppError
 from inference import CHECKPOINTS, TINY_MODELS
 from tests.conftest import RunningApp
 from tests.test_app_http import FORM
-from webapp.models_info import chat_defaults
+from webapp.chat.models_info import chat_defaults
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import ARTIFACTS, RunningApp, launch
 from tests.test_browser import CHROMIUM, FLAGS, accept
-from webapp.terms import Terms
+from webapp.gate.terms import Terms
 
 pytestmark = pytest.mark.browser
 

@@ -11,10 +11,10 @@ from sqlalchemy.exc import IntegrityError
 from db import feedback
 from db.engine import make_engine, session_factory, upgrade
 from inference.progress import Finished, Queued, Trimmed
-from webapp.chat_export import conversation_json, conversation_markdown
-from webapp.chat_messages import Outcome, note_title, status_text, text_of, to_history
-from webapp.terms import Terms
-from webapp.ui_terms import field_errors
+from webapp.chat.export import conversation_json, conversation_markdown
+from webapp.chat.messages import Outcome, note_title, status_text, text_of, to_history
+from webapp.gate.terms import Terms
+from webapp.ui.terms import field_errors
 
 NOTE = {"role": "assistant", "content": "sampling…", "metadata": {"title": "tiny-llama", "id": "r1", "status": "done"}}
 CONVERSATION = [

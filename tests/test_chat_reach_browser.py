@@ -190,7 +190,7 @@ def test_models_that_cannot_load_here_are_marked_with_the_reason(browser, app: R
 def test_the_terms_tab_greets_a_returning_visitor(browser, app: RunningApp) -> None:
     from playwright.sync_api import expect
 
-    from webapp.terms import Terms
+    from webapp.gate.terms import Terms
 
     context, page = visitor(browser, app, LAPTOP)
     try:

@@ -16,9 +16,9 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from tests.conftest import ADMIN_TOKEN, RunningApp, identity_of, launch
-from webapp.identity import Identities
-from webapp.receipts import Receipt, Receipts
-from webapp.terms import Terms
+from webapp.gate.identity import Identities
+from webapp.gate.receipts import Receipt, Receipts
+from webapp.gate.terms import Terms
 
 FORM = {"name": "山田 太郎", "email": "taro@example.jp", "affiliation": "NII", "purpose": "研究", "agree": True}
 CHAT = {

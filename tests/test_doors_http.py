@@ -249,7 +249,7 @@ def test_invalid_values_on_every_route_log_one_short_line_each_and_never_the_val
     records = [r for r in caplog.records if r.name.startswith(("webapp", "gradio", "uvicorn"))]
     logged = out + err + "\n".join(r.getMessage() for r in records)
     assert "Traceback" not in logged and marker not in logged
-    lines = [r for r in caplog.records if r.name == "webapp.doors"]
+    lines = [r for r in caplog.records if r.name == "webapp.boundary.doors"]
     assert len(lines) == sent and all(len(r.getMessage()) < 60 for r in lines)
     print(f"{sent} refused requests of up to 1.9 MB: {len(logged)} bytes of log")
     assert len(logged) < 120 * sent
@@ -323,7 +323,7 @@ def test_the_client_address_comes_from_every_forwarded_line_joined(door_app: Run
 
 
 def test_address_of_reads_the_lines_as_one_list() -> None:
-    from webapp.identity import address_of
+    from webapp.gate.identity import address_of
 
     assert address_of(["10.0.0.1", "192.0.2.5"], "127.0.0.1", 1) == "192.0.2.5"
     assert address_of(["10.0.0.1, 192.0.2.9", "192.0.2.5"], "127.0.0.1", 2) == "192.0.2.9"
@@ -338,7 +338,7 @@ def test_half_open_connections_are_closed_and_bounded(door_app: RunningApp) -> N
     import socket
     from urllib.parse import urlsplit
 
-    from webapp.serving import limit_connections
+    from webapp.boundary.serving import limit_connections
 
     limit_connections(door_app.demo, max_connections=100, header_timeout_s=1.0, keep_alive_s=1.0)
     where = urlsplit(door_app.url)
@@ -366,7 +366,7 @@ def test_a_rating_the_database_refuses_is_told_in_both_languages() -> None:
     """A full disk (or a lost connection) is not an "unexpected error": the visitor is told, nothing is stored."""
     from sqlalchemy.exc import OperationalError
 
-    from webapp.chat_page import RatingNotStored, _storing
+    from webapp.chat.page import RatingNotStored, _storing
 
     with pytest.raises(RatingNotStored) as refused, _storing():
         raise OperationalError("INSERT INTO feedback", {}, Exception("database or disk is full"))

@@ -24,11 +24,11 @@ import psutil
 import pytest
 
 from inference import Inference, Registry, SamplingOptions
-from inference.engines import EngineFailed, EngineLost, Engines, EnginesBusy, Launch, choose, gpu_shares
+from inference.local.tiny import ensure
 from inference.progress import Finished, Starting
 from inference.registry import TINY_MODELS, Architecture, Server
-from inference.remote import RemoteBackend
-from inference.tiny import ensure
+from inference.servers.engines import EngineFailed, EngineLost, Engines, EnginesBusy, Launch, choose, gpu_shares
+from inference.servers.remote import RemoteBackend
 from tests.conftest import free_port
 from tests.engine_standin import PIECES
 
@@ -122,7 +122,7 @@ def gone(pid: int, within: float = 10.0) -> bool:
 
 def test_started_on_first_use_then_a_streamed_reply(engines: Engines, caplog: pytest.LogCaptureFixture) -> None:
     """The visitor sees the engine starting; the reply streams; its statistics are the server's usage."""
-    caplog.set_level(logging.INFO, logger="inference.engines")
+    caplog.set_level(logging.INFO, logger="inference.servers.engines")
     inference = inference_over(engines)
     assert not engines.is_loaded("tiny-llama")
     first = asyncio.run(reply(inference, "tiny-llama"))
@@ -312,7 +312,7 @@ def test_the_app_serves_through_its_engine_and_leaves_no_process_behind(tmp_path
 
 def test_the_note_and_the_status_name_the_engine() -> None:
     """Each reply's note says which engine wrote it; the waiting visitor reads that the engine is starting."""
-    from webapp.chat_messages import note_body, status_text
+    from webapp.chat.messages import note_body, status_text
 
     record = {
         "model_id": "tiny-llama",

@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from inference import TINY_MODELS, Inference, Registry, SamplingOptions
-from inference import batching as batching_module
-from inference.batching import FAIR_SHARE_TOKENS, Batcher, Request
 from inference.errors import AppError, GenerationFailed, OutOfMemory
-from inference.local import TransformersBackend
+from inference.local import batcher as batching_module
+from inference.local.backend import TransformersBackend
+from inference.local.batcher import FAIR_SHARE_TOKENS, Batcher, Request
 from inference.progress import Finished, WaitingForMemory
 from inference.prompts import conversation, prepare
 

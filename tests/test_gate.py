@@ -8,10 +8,10 @@ from pathlib import Path
 from db.audit import verify
 from db.engine import make_engine, session_factory, upgrade
 from inference import CHECKPOINTS, Registry
-from webapp.consent import AcceptanceForm, Gate
-from webapp.identity import Caller, Identities
-from webapp.receipts import Receipts
-from webapp.terms import Terms
+from webapp.gate.consent import AcceptanceForm, Gate
+from webapp.gate.identity import Caller, Identities
+from webapp.gate.receipts import Receipts
+from webapp.gate.terms import Terms
 
 FORM = AcceptanceForm.parse(name="n", email="n@example.jp", affiliation="a", purpose="p", agree=True)
 WEBLAB = Registry.of(CHECKPOINTS).get("weblab-10b-instruction-sft")

@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import ADMIN_TOKEN, RunningApp
 from tests.hostile import call, error_of, event_count, is_clear_error, parameters, refusal_of
-from webapp.receipts import Receipt, Receipts
+from webapp.gate.receipts import Receipt, Receipts
 
 TABLE = json.loads((Path(__file__).parent / "data" / "hostile_inputs.json").read_text(encoding="utf-8"))
 ONE_TOKEN = ["はい", "tiny-llama", 0.0, 0.95, 0, 1.0, 1, None]

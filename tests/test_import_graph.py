@@ -7,6 +7,7 @@ used (and benchmarked) without the web app or a database.
 from __future__ import annotations
 
 import ast
+import graphlib
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,45 @@ def test_package_imports_point_one_way(package: str) -> None:
         if name in FORBIDDEN[package]
     ]
     assert wrong == []
+
+
+def subpackage_edges(root: Path) -> dict[str, set[str]]:
+    """Which of ``root``'s subpackages each of them imports (its own top-level modules are not counted)."""
+    package = root.name
+    subpackages = {path.parent.name for path in root.glob("*/__init__.py")}
+    edges: dict[str, set[str]] = {name: set() for name in subpackages}
+    for name in subpackages:
+        for path in (root / name).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+                if isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    modules = [f"{node.module}.{alias.name}" for alias in node.names]
+                else:
+                    continue
+                for module in modules:
+                    parts = module.split(".")
+                    if parts[0] == package and len(parts) > 1 and parts[1] in subpackages and parts[1] != name:
+                        edges[name].add(parts[1])
+    return edges
+
+
+def test_a_cycle_between_subpackages_is_seen(tmp_path: Path) -> None:
+    for name, source in {"a": "from pkg.b import x\n", "b": "from pkg import a\n"}.items():
+        (tmp_path / "pkg" / name).mkdir(parents=True)
+        (tmp_path / "pkg" / name / "__init__.py").write_text(source)
+    edges = subpackage_edges(tmp_path / "pkg")
+    assert edges == {"a": {"b"}, "b": {"a"}}
+    with pytest.raises(graphlib.CycleError):
+        tuple(graphlib.TopologicalSorter(edges).static_order())
+
+
+@pytest.mark.parametrize("package", ["webapp", "inference"])
+def test_subpackages_import_each_other_without_cycles(package: str) -> None:
+    """Each subpackage is a layer: the gate at the bottom, the page's building blocks on top of the rest."""
+    edges = subpackage_edges(ROOT / package)
+    assert len(edges) >= 2, edges  # the subpackages were found
+    tuple(graphlib.TopologicalSorter(edges).static_order())  # raises CycleError naming the cycle
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from transformers import DynamicCache, MistralConfig
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from inference import TINY_MODELS, Registry
-from inference.kvcache import GROWTH, GrowingLayer, growing_cache
-from inference.local import TransformersBackend
+from inference.local.backend import TransformersBackend
+from inference.local.kvcache import GROWTH, GrowingLayer, growing_cache
 
 STEPS = GROWTH + 10  # crosses one growth of the buffers
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, MixtralConfig
 
-from inference import TINY_MODELS, ModelUnavailable, OutOfMemory, Registry, SamplingOptions, memory
-from inference.local import TransformersBackend
+from inference import TINY_MODELS, ModelUnavailable, OutOfMemory, Registry, SamplingOptions
+from inference.local import memory
+from inference.local.backend import TransformersBackend
 
 VOCAB = 99_487  # the llm-jp-3 vocabulary in the released models
 LLMJP_18B = LlamaConfig(
@@ -127,7 +128,7 @@ def test_the_kv_cache_is_planned_for_the_whole_batch() -> None:
 
 def test_models_lists_what_each_model_needs(models_dir) -> None:
     from inference import CHECKPOINTS, Registry
-    from webapp.models_info import catalogue
+    from webapp.chat.models_info import catalogue
 
     listed = {m["id"]: m["memory"] for m in catalogue(Registry.of(CHECKPOINTS), batch=8)}
     m13 = listed["llm-jp-3.1-13b-instruct4"]

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from inference import TINY_MODELS, Inference, ModelUnavailable, Registry, SamplingOptions, memory
-from inference.local import TransformersBackend
+from inference import TINY_MODELS, Inference, ModelUnavailable, Registry, SamplingOptions
+from inference.local import memory
+from inference.local.backend import TransformersBackend
+from inference.local.tiny import ensure
 from inference.progress import Downloading, Finished
 from inference.registry import Architecture
-from inference.tiny import ensure
 from tests.fake_hub import FakeHub
 
 REGISTRY = Registry.of(TINY_MODELS)

@@ -10,7 +10,7 @@ import pytest
 from gradio_client.exceptions import AppError
 
 from tests.conftest import ADMIN_TOKEN, RunningApp, identity_of
-from webapp.privacy import notice
+from webapp.gate.privacy import notice
 
 FORM = {
     "name": "消去 希望",

@@ -16,11 +16,11 @@ import pytest
 
 from inference import Inference, Registry, SamplingOptions
 from inference.errors import ModelUnavailable
-from inference.local import TransformersBackend
+from inference.local.backend import TransformersBackend
+from inference.local.tiny import ensure
 from inference.progress import Downloading, Finished, Loading
 from inference.prompts import conversation
 from inference.registry import TINY_MODELS, Architecture
-from inference.tiny import ensure
 from tests.fake_hub import FakeHub
 
 LLAMA = next(s for s in TINY_MODELS if s.id == "tiny-llama")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from inference.local.tiny import tiny_tokenizer
 from inference.prompts import LLMJP3_TEMPLATE, PromptFormat, conversation, render
-from inference.tiny import tiny_tokenizer
 
 SENTENCE = "以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。"
 HISTORY = [

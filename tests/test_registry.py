@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from inference import CHECKPOINTS, TINY_MODELS, Inference, Registry, UnknownModel
-from inference.local import TransformersBackend
+from inference.local.backend import TransformersBackend
 from inference.prompts import PromptFormat
 from inference.registry import Architecture
 from webapp.factory import catalog
@@ -89,7 +89,7 @@ def test_configured_default_model() -> None:
 )
 def test_choosing_a_model_resets_controls_to_its_chat_defaults(model_id: str, tmp_path) -> None:
     """The card's sampling, with room for a full Japanese answer; the card's own length stays shown."""
-    from webapp.chat_page import ChatPage
+    from webapp.chat.page import ChatPage
 
     registry = Registry.of(CHECKPOINTS)
     spec = registry.get(model_id)

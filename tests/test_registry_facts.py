@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from inference import CHECKPOINTS, TINY_MODELS, Registry, memory, tiny
+from inference import CHECKPOINTS, TINY_MODELS, Registry
+from inference.local import memory, tiny
 
 REGISTRY = Registry.of(CHECKPOINTS)
 

@@ -23,11 +23,11 @@ import pytest
 
 from inference import SamplingOptions
 from inference.errors import GenerationFailed, ModelUnavailable
-from inference.local import TransformersBackend
+from inference.local.backend import TransformersBackend
+from inference.local.tiny import ensure
 from inference.prompts import PromptFormat, conversation
 from inference.registry import TINY_MODELS, Architecture, Endpoint, Server
-from inference.remote import RemoteBackend, _strip_added_bos, request_body
-from inference.tiny import ensure
+from inference.servers.remote import RemoteBackend, _strip_added_bos, request_body
 from tests.conftest import free_port, launch
 from tests.test_app_http import FORM
 
@@ -199,7 +199,7 @@ def test_a_bos_the_server_adds_itself_is_not_sent_twice() -> None:
     """transformers serve always encodes with special tokens; a template's own BOS must not double it."""
     from tokenizers.processors import TemplateProcessing
 
-    from inference.tiny import tiny_tokenizer
+    from inference.local.tiny import tiny_tokenizer
 
     plain = tiny_tokenizer()
     assert _strip_added_bos(plain, "<s>質問") == "<s>質問"  # adds none: keep the template's

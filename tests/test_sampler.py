@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from inference import TINY_MODELS, Registry, SamplingOptions
-from inference.batching import Batcher, Request
-from inference.local import TransformersBackend
+from inference.local.backend import TransformersBackend
+from inference.local.batcher import Batcher, Request
+from inference.local.sampler import FAILED, RowOptions, sample, uniform
 from inference.prompts import conversation, prepare
-from inference.sampler import FAILED, RowOptions, sample, uniform
 
 INF = math.inf
 

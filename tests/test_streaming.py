@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inference.streaming import IncrementalDecoder
+from inference.local.decoder import IncrementalDecoder
 
 TEXT = (
     "富士山は日本一高い山です。ひらがなだけのぶんしょう、カタカナノブン。"

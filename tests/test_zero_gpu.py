@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from inference import SamplingOptions, memory
+from inference import SamplingOptions
 from inference.errors import Busy, GenerationFailed, InvalidInput, OutOfMemory, UnknownModel
-from inference.local import TransformersBackend, generate_on_gpu, zero_gpu_seconds
+from inference.local import memory
+from inference.local.backend import TransformersBackend, generate_on_gpu, zero_gpu_seconds
 from inference.prompts import conversation
 from inference.registry import TINY_MODELS
 

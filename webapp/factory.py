@@ -12,20 +12,20 @@ import gradio as gr
 
 from db.engine import make_engine, session_factory, upgrade
 from inference import CHECKPOINTS, TINY_MODELS, Backend, Inference, ModelSpec, Registry, hub
-from inference import engines as engine_processes
 from inference.lazy import Deferred
 from inference.registry import DEFAULT_TINY_MODEL, Architecture, Endpoint, Server
-from webapp import ui
-from webapp.admin import Admin
-from webapp.availability import Availability
-from webapp.consent import Gate
-from webapp.doors import Doors
+from inference.servers import engines as engine_processes
+from webapp.admin.audit import Admin
+from webapp.boundary.doors import Doors
+from webapp.boundary.ratelimit import InFlight, RateLimits, Rates
+from webapp.chat.availability import Availability
+from webapp.gate.consent import Gate
+from webapp.gate.identity import Identities
+from webapp.gate.receipts import Receipts
+from webapp.gate.terms import Terms
 from webapp.handlers import Handlers
-from webapp.identity import Identities
-from webapp.ratelimit import InFlight, RateLimits, Rates
-from webapp.receipts import Receipts
 from webapp.settings import Settings
-from webapp.terms import Terms
+from webapp.ui import page as ui
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ def _configured(spec: ModelSpec, settings: Settings, engine: Server | None = Non
 
 
 def _remote_backend(settings: Settings) -> Backend:
-    from inference import tiny
-    from inference.remote import RemoteBackend
+    from inference.local import tiny
+    from inference.servers.remote import RemoteBackend
 
     default = settings.remote_api_key
     keys = {
@@ -109,7 +109,7 @@ def _remote_backend(settings: Settings) -> Backend:
 
 
 def _local_backend(settings: Settings, reachable: hub.Reachability) -> Backend:
-    from inference.local import TransformersBackend
+    from inference.local.backend import TransformersBackend
 
     return TransformersBackend(
         models_dir=settings.models_dir,
@@ -130,7 +130,7 @@ def _engines(settings: Settings, specs: list[ModelSpec], reachable: hub.Reachabi
     models_dir, cache = settings.models_dir, str(settings.hub_cache) if settings.hub_cache else None
 
     def source(spec: ModelSpec, report) -> tuple[str, str | None]:
-        from inference import tiny
+        from inference.local import tiny
 
         if spec.tiny:
             return str(tiny.ensure(Architecture(spec.source), models_dir)), None
@@ -146,7 +146,7 @@ def _engines(settings: Settings, specs: list[ModelSpec], reachable: hub.Reachabi
         return path, Path(path).name  # the snapshot directory is named by its commit
 
     def remote() -> Backend:
-        from inference.remote import RemoteBackend
+        from inference.servers.remote import RemoteBackend
 
         return RemoteBackend(
             hf_token=settings.token, offline=True, tokenizer_source=lambda s: source(s, lambda _: None)[0]
@@ -259,7 +259,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
         secret=hashlib.sha256(secret + b"/browser-state").hexdigest(),
         sessions=sessions,
     )
-    # Every route checks its event's inputs against these before Gradio reads them (webapp.guard).
+    # Every route checks its event's inputs against these before Gradio reads them (webapp.boundary.guard).
     demo.llmjp_doors = Doors(  # type: ignore[attr-defined]
         demo,
         contexts=[spec.context for spec in registry.specs.values()],

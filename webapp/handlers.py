@@ -15,14 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from inference import AppError, Inference, InvalidInput, Message, ModelSpec, SamplingOptions
 from inference.progress import Status
-from webapp.availability import Availability
-from webapp.chat_messages import text_of
-from webapp.consent import AcceptanceForm, Gate
+from webapp.boundary.ratelimit import InFlight, RateLimits
+from webapp.chat.availability import Availability
+from webapp.chat.messages import text_of
+from webapp.chat.models_info import catalogue, chat_defaults
 from webapp.errors import ConsentRequired, LicenceNotAcknowledged
+from webapp.gate.consent import AcceptanceForm, Gate
+from webapp.gate.identity import Caller
 from webapp.i18n import say
-from webapp.identity import Caller
-from webapp.models_info import catalogue, chat_defaults
-from webapp.ratelimit import InFlight, RateLimits
 from webapp.text import require_encodable, visible
 
 MAX_TURNS = 200

@@ -213,7 +213,7 @@ class Settings(DatabaseSettings):
     @field_validator("engine_command")
     @classmethod
     def _known_placeholders(cls, value: str) -> str:
-        from inference.engines import PLACEHOLDERS
+        from inference.servers.engines import PLACEHOLDERS
 
         try:
             value.format(**dict.fromkeys(PLACEHOLDERS, ""))

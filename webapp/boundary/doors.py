@@ -6,7 +6,7 @@ call them through ``/queue/join`` with their ``fn_index``, or through
 the handlers: each input component of each event gets a check from its kind
 (a text box takes a string of bounded length, a dropdown one of its choices, a
 slider a finite number in its range, a conversation what ``/chat``'s history
-takes), and ``webapp.guard.Guard`` runs them on the raw request body of every
+takes), and ``webapp.boundary.guard.Guard`` runs them on the raw request body of every
 route, together with a rate per client address and a bound on each
 concurrency group's waiting line. Gradio then never preprocesses, stores or
 logs a value beyond them.
@@ -25,9 +25,9 @@ import gradio as gr
 from gradio.components.api_component import Api
 
 from inference.errors import AppError
+from webapp.boundary.ratelimit import RateLimits, TooManyRequests
+from webapp.gate.identity import Caller, Identities
 from webapp.handlers import HISTORY_CHARS_PER_CONTEXT_TOKEN, MAX_TURN_CHARS, MAX_TURNS, HistoryTooLong
-from webapp.identity import Caller, Identities
-from webapp.ratelimit import RateLimits, TooManyRequests
 
 log = logging.getLogger(__name__)
 

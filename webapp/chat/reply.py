@@ -24,7 +24,7 @@ import gradio as gr
 
 from inference import AppError, ModelSpec, SamplingOptions
 from inference.progress import Finished, Trimmed
-from webapp.chat_messages import (
+from webapp.chat.messages import (
     Messages,
     Outcome,
     last_user,
@@ -38,9 +38,9 @@ from webapp.chat_messages import (
     to_history,
     trimmed_text,
 )
+from webapp.chat.models_info import engine_of
 from webapp.handlers import ADMITTED, Handlers
 from webapp.i18n import pick, say
-from webapp.models_info import engine_of
 
 log = logging.getLogger(__name__)
 

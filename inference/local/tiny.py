@@ -26,8 +26,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from inference.local.spm import SPACE, byte_pieces, unigram_tokenizer
 from inference.registry import Architecture
-from inference.spm import SPACE, byte_pieces, unigram_tokenizer
 
 # Bump when the builder changes, so cached copies are rebuilt.
 BUILD_VERSION = "1"

@@ -11,16 +11,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.middleware import Middleware
 
 from inference import Registry
-from webapp import privacy, ui_chat, ui_terms
-from webapp.admin import EVENT_COLUMNS, Admin
-from webapp.chat_page import ChatPage
+from webapp.admin.audit import EVENT_COLUMNS, Admin
+from webapp.admin.ratings import Ratings
+from webapp.boundary.guard import Guard
+from webapp.chat.page import ChatPage
 from webapp.errors import user_errors
-from webapp.guard import Guard
+from webapp.gate import privacy
+from webapp.gate.terms import Terms
 from webapp.handlers import Handlers
 from webapp.i18n import HEAD, I18N, say, t
-from webapp.ratings import Ratings
 from webapp.settings import Settings
-from webapp.terms import Terms
+from webapp.ui import chat as ui_chat
+from webapp.ui import terms as ui_terms
 
 TITLE = "LLM-jp チャット / LLM-jp Chat"
 
@@ -98,7 +100,7 @@ def launch_options(settings: Settings | None = None) -> dict[str, Any]:
     }
     if settings is not None:
         # The app reads X-Forwarded-For itself, trusting exactly the configured
-        # proxies (webapp.identity.client_address); uvicorn must not rewrite the
+        # proxies (webapp.gate.identity.client_address); uvicorn must not rewrite the
         # peer address from it first, which it does for local peers by default.
         os.environ["FORWARDED_ALLOW_IPS"] = ""
         allowed = frozenset(o.strip() for o in settings.allowed_origins.split(",") if o.strip())
@@ -221,7 +223,7 @@ def build(
         lang.input(None, lang, lang, js="(l) => window.llmjpSetLang(l)", **private)
         # Cheap events each have their own group and run several at once, so none waits behind a flood
         # of another kind (Gradio otherwise runs each event one at a time); how much one address may
-        # send, and how long each group's line may grow, is bounded at the door (webapp.doors).
+        # send, and how long each group's line may grow, is bounded at the door (webapp.boundary.doors).
         state_group: dict[str, Any] = {"concurrency_id": "page_state", "concurrency_limit": 8, **private}
         terms_group: dict[str, Any] = {"concurrency_id": "terms", "concurrency_limit": 8, **private}
         withdraw_group: dict[str, Any] = {"concurrency_id": "withdraw", "concurrency_limit": 8}

@@ -23,8 +23,8 @@ from db.engine import DatabaseUnavailable, checkpoint, recover
 from db.models import EventKind
 from inference import InvalidInput, ModelSpec
 from webapp.errors import AuditUnavailable, ConsentRequired, InvalidForm, LicenceNotAcknowledged
-from webapp.identity import Caller, Identities
-from webapp.terms import Terms
+from webapp.gate.identity import Caller, Identities
+from webapp.gate.terms import Terms
 from webapp.text import BIDI_CONTROLS, encodable, visible
 
 log = logging.getLogger(__name__)

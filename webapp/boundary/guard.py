@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from inference.errors import AppError
-from webapp.doors import Doors, Refused, log_refusal, refusal_body
+from webapp.boundary.doors import Doors, Refused, log_refusal, refusal_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -129,7 +129,7 @@ class Guard:
 
 
 def _session_ok(values: list[object]) -> bool:
-    from webapp.identity import SESSION_HASH
+    from webapp.gate.identity import SESSION_HASH
 
     return all(isinstance(v, str) and SESSION_HASH.fullmatch(v) for v in values)
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from inference.progress import Status, Trimmed
+from webapp.chat.prompt_view import prompt_section
 from webapp.i18n import pick, say
-from webapp.prompt_view import prompt_section
 
 Messages = list[dict[str, Any]]
 

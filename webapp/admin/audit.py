@@ -23,7 +23,7 @@ from db.models import Event, EventKind
 from inference import InvalidInput
 from webapp.downloads import download_link
 from webapp.errors import AuditUnavailable, NotAdmin
-from webapp.identity import IDENTITY
+from webapp.gate.identity import IDENTITY
 
 EVENT_COLUMNS = ["seq", "time (UTC)", "kind", "identity", "name", "email", "affiliation", "purpose", "detail"]
 

@@ -12,10 +12,10 @@ import gradio as gr
 from pydantic import ValidationError
 
 from inference import AppError
-from webapp.consent import AcceptanceForm
+from webapp.gate.consent import AcceptanceForm
+from webapp.gate.terms import Terms
 from webapp.handlers import Handlers
 from webapp.i18n import pick, say, t
-from webapp.terms import Terms
 
 FIELDS = ("name", "email", "affiliation", "purpose", "agree")
 

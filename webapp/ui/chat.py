@@ -9,12 +9,12 @@ import gradio as gr
 
 from inference import Registry
 from inference.sampling import bounds
-from webapp.availability import Availability
-from webapp.chat_page import ChatPage
+from webapp.chat.availability import Availability
+from webapp.chat.models_info import chat_defaults
+from webapp.chat.page import ChatPage
 from webapp.errors import user_errors
 from webapp.handlers import licence_markdown
 from webapp.i18n import say, t
-from webapp.models_info import chat_defaults
 
 EXAMPLES = [
     "富士山について教えて",

@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-TERMS_DIR = Path(__file__).parent / "data" / "terms"
+TERMS_DIR = Path(__file__).parents[1] / "data" / "terms"
 CURRENT_TERMS_ID = "llm-jp-3-172b-beta1-tou"
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 import gradio as gr
 
 from inference.errors import InvalidInput
-from webapp.receipts import Receipt, Receipts
+from webapp.gate.receipts import Receipt, Receipts
 
 _USER_AGENT_MAX = 512
 # Gradio's clients send random base-36 strings or UUIDs; anything else is refused.

@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from webapp.chat_messages import Messages, note_id, text_of, to_history
+from webapp.chat.messages import Messages, note_id, text_of, to_history
 from webapp.downloads import download_link
 from webapp.i18n import say
 

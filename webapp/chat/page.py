@@ -1,7 +1,7 @@
 """The chat tab's handlers: the ways into a reply, undo and new chat, the model's controls, feedback, export.
 
-The conversation lives in the chatbot (``chat_messages`` says what its
-messages mean); replies stream through ``chat_reply``.
+The conversation lives in the chatbot (``messages`` says what its
+messages mean); replies stream through ``reply``.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import feedback
 from inference import AppError
-from webapp import chat_reply
-from webapp.chat_export import export_links
-from webapp.chat_messages import Messages, last_user, plain, reply_id, text_of, through_reply, to_history
+from webapp.chat import reply as chat_reply
+from webapp.chat.export import export_links
+from webapp.chat.messages import Messages, last_user, plain, reply_id, text_of, through_reply, to_history
+from webapp.chat.models_info import chat_defaults
 from webapp.errors import ConsentRequired
+from webapp.gate.identity import Caller
 from webapp.handlers import Handlers, licence_markdown
 from webapp.i18n import say
-from webapp.identity import Caller
-from webapp.models_info import chat_defaults
 
 log = logging.getLogger(__name__)
 

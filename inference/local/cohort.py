@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from inference.sampler import RowOptions
+from inference.local.sampler import RowOptions
 
 
 class Cohort:

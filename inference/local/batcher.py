@@ -11,7 +11,7 @@ token steps of replies already streaming. Every row keeps its own sampling
 options, its own stop event and its own text stream.
 
 **Failure boundaries.** One visitor's request must never stop the model for
-the others. Sampling is total (``inference.sampler``: a row without a defined
+the others. Sampling is total (``inference.local.sampler``: a row without a defined
 next token fails alone). A forward (prefill or step) that raises is rewound
 and retried on halves of its rows, so a failure that one row causes ends
 that row only; an out-of-memory fails the newest row and lowers the memory
@@ -52,13 +52,13 @@ from typing import Any
 
 import torch
 
-from inference.cohort import Cohort
 from inference.errors import GenerationFailed, OutOfMemory
-from inference.kvcache import growing_cache
+from inference.local.cohort import Cohort
+from inference.local.decoder import IncrementalDecoder
+from inference.local.kvcache import growing_cache
+from inference.local.sampler import FAILED, RowOptions, sample
 from inference.progress import FinishReason, Status, WaitingForMemory
-from inference.sampler import FAILED, RowOptions, sample
 from inference.sampling import SamplingOptions
-from inference.streaming import IncrementalDecoder
 
 log = logging.getLogger(__name__)
 

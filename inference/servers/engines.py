@@ -5,7 +5,7 @@ a narrow transformers range and pillow >= 13, which gradio 6 refuses), so it
 runs from an environment of its own (``.venv-vllm``, made by ``./dev run`` on
 a GPU machine) as one OpenAI-compatible server process per model, on a free
 loopback port. Generation then goes through the remote backend
-(``inference.remote``) against that port, so prompts, sampling and Stop work
+(``inference.servers.remote``) against that port, so prompts, sampling and Stop work
 exactly as for a remote vLLM.
 
 The supervision here: a model's engine starts on its first request (or at

@@ -18,9 +18,10 @@ import spaces
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from inference import hub, memory, prompts, tiny
-from inference.batching import Batcher, DeviceBroken, Request, generation_failed
+from inference import hub, prompts
 from inference.errors import AppError, OutOfMemory
+from inference.local import memory, tiny
+from inference.local.batcher import Batcher, DeviceBroken, Request, generation_failed
 from inference.progress import Downloading, FinishReason, Loading, Outcome, Status
 from inference.prompts import Message, Prompt
 from inference.registry import Architecture, ModelSpec

@@ -9,7 +9,7 @@ import pandas as pd
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import feedback
-from webapp.admin import Admin
+from webapp.admin.audit import Admin
 from webapp.downloads import download_link
 
 

@@ -66,7 +66,7 @@ class Availability:
         """Why ``spec`` cannot load here, or None when it may."""
         if spec.tiny or spec.endpoint is not None or Path(spec.source).is_dir():
             return None  # built here, served elsewhere, or a local copy
-        from inference.memory import HEADROOM
+        from inference.local.memory import HEADROOM
 
         capacity = self._capacity()
         weights = int(spec.weights_bytes * HEADROOM)

@@ -15,7 +15,7 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from inference.errors import AppError
-from webapp.identity import Caller
+from webapp.gate.identity import Caller
 
 
 class TooManyRequests(AppError):

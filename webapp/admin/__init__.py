@@ -1,0 +1,1 @@
+"""The administrators' views: the audit log and the visitors' ratings."""
