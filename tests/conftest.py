@@ -247,3 +247,30 @@ def identity_of(app: RunningApp, receipt: str) -> str:
     read = receipts.read(receipt)
     assert read is not None, "not a receipt this server issued"
     return Identities(receipts, secret).pseudonym(read.anon_id)
+
+
+# -- the browser (Debian's chromium, driven by Playwright) ---------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Flags for a sandboxed, offline machine: no background fetches that would be refused.
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--lang=ja-JP",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium per test module (the modules that drive the page import this)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+        yield chromium
+        chromium.close()

@@ -6,20 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, ARTIFACTS, RunningApp
-
-CHROMIUM = Path("/usr/bin/chromium")
-# Flags for a sandboxed, offline machine: no background fetches that would be refused.
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--lang=ja-JP",
-]
+from tests.conftest import ADMIN_TOKEN, ARTIFACTS, CHROMIUM, FLAGS, RunningApp
 
 pytestmark = pytest.mark.browser
 

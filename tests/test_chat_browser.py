@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ARTIFACTS, RunningApp, launch
-from tests.test_browser import CHROMIUM, FLAGS, accept
+from tests.test_browser import accept
 from webapp.gate.terms import Terms
 
 pytestmark = pytest.mark.browser
@@ -75,16 +75,6 @@ def app(tmp_path_factory: pytest.TempPathFactory, models_dir: Path, lingering: L
         yield running
     finally:
         running.demo.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
-        yield chromium
-        chromium.close()
 
 
 DESKTOP = {"locale": "ja-JP", "viewport": {"width": 1280, "height": 1000}, "accept_downloads": True}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ARTIFACTS, RunningApp, launch
-from tests.test_browser import CHROMIUM, FLAGS, accept
+from tests.test_browser import accept
 from tests.test_chat_browser import ask, send, wait_idle
 
 pytestmark = pytest.mark.browser
@@ -61,16 +61,6 @@ def app(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[
         yield running
     finally:
         running.demo.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
-        yield chromium
-        chromium.close()
 
 
 def visitor(browser, app: RunningApp, viewport: dict, **options):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import gradio as gr
@@ -104,30 +105,34 @@ class ReplyStopped(AppError):
         )
 
 
-def _sampling(
-    temperature: float | None,
-    top_p: float | None,
-    top_k: int | None,
-    repetition_penalty: float | None,
-    max_new_tokens: int | None,
+def sampling_values(
+    temperature: Any, top_p: Any, top_k: Any, repetition_penalty: Any, max_new_tokens: Any, seed: Any
 ) -> dict[str, Any]:
-    return {
+    """Raw sampling values as ``SamplingOptions.parse`` takes them (the page's controls and the API alike).
+
+    A seed typed as text (the page's box) becomes a whole number, or None when
+    empty; anything else is left as given for validation to refuse in words.
+    """
+    values: dict[str, Any] = {
         "temperature": temperature,
         "top_p": top_p,
         "top_k": top_k,
         "repetition_penalty": repetition_penalty,
         "max_new_tokens": max_new_tokens,
+        "seed": seed,
     }
+    if isinstance(seed, str):
+        typed = seed.strip()
+        values["seed"] = (int(typed) if typed.isdecimal() and typed.isascii() else typed) if typed else None
+    return values
 
 
+@dataclass(frozen=True)
 class Admitted:
     """The first item of a reply: every check passed and the reply holds its place (nothing generated yet)."""
 
-    def __repr__(self) -> str:
-        return "ADMITTED"
-
-
-ADMITTED = Admitted()
+    options: SamplingOptions
+    """The sampling as validated, which the reply is generated with."""
 
 
 class Handlers:
@@ -236,7 +241,7 @@ class Handlers:
         sampling: dict[str, Any],
     ) -> AsyncGenerator[tuple[list[Message], str | Status | Admitted]]:
         """Every check, then the reply (the page's and the API's one way in): yields the validated history
-        with ``ADMITTED`` once every check has passed, then with each item of the stream.
+        with ``Admitted`` once every check has passed, then with each item of the stream.
 
         Cheap checks (rate, shape and size of the input) run here; the gate
         reads (and on refusal writes) the database, so it runs off the event
@@ -249,7 +254,7 @@ class Handlers:
         past = parse_history(history, max_chars=spec.context * HISTORY_CHARS_PER_CONTEXT_TOKEN)
         options = await asyncio.to_thread(self._admit, caller, message, spec, sampling)
         with self.in_flight.hold(caller) as ticket:
-            yield past, ADMITTED
+            yield past, Admitted(options)
             who = (caller.client_hash or "", caller.limit_key)  # the model's places go round these
             async for item in self.inference.stream(spec.id, past, message, options, stop=ticket.stop, who=who):
                 yield past, item
@@ -277,7 +282,7 @@ class Handlers:
         them). Waiting (the queue, a download, a load) is only a delay here.
         """
         spec = self.inference.registry.get(model_id)
-        given = _sampling(temperature, top_p, top_k, repetition_penalty, max_new_tokens) | {"seed": seed}
+        given = sampling_values(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
         sampling = chat_defaults(spec).model_dump() | {k: v for k, v in given.items() if v is not None}
         reply = ""
         try:

@@ -39,7 +39,7 @@ from webapp.chat.messages import (
     trimmed_text,
 )
 from webapp.chat.models_info import engine_of
-from webapp.handlers import ADMITTED, Handlers
+from webapp.handlers import Admitted, Handlers, sampling_values
 from webapp.i18n import pick, say
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ class ReplyStreams:
         )
         try:
             _, admitted = await anext(tokens)  # every check runs before the first item
-            assert admitted is ADMITTED, admitted
+            assert isinstance(admitted, Admitted), admitted
         except (AppError, StopAsyncIteration) as exc:
             self._release(key, stopped)
             await tokens.aclose()
@@ -230,7 +230,7 @@ class ReplyStreams:
             self._release(key, stopped)
             raise
         try:
-            async for update in self._admitted(shown, text, s, tokens, key, rid, stopped):
+            async for update in self._admitted(shown, text, s, admitted.options, tokens, key, rid, stopped):
                 yield update
         finally:
             self._release(key, stopped)  # also when the page goes away mid-reply
@@ -240,6 +240,7 @@ class ReplyStreams:
         shown: Messages,
         text: str,
         s: Settings,
+        options: SamplingOptions,
         tokens: AsyncGenerator[Any],
         key: str,
         rid: str,
@@ -252,7 +253,7 @@ class ReplyStreams:
             "model_label": spec.label,
             "engine": engine_of(spec),
             "revision": None,
-            "sampling": SamplingOptions.parse(**s.sampling).model_dump(),  # as admitted
+            "sampling": options.model_dump(),  # as admitted
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         user = {"role": "user", "content": text}
@@ -371,22 +372,3 @@ def keep_typed(choose: Pick, box: str, text: str) -> str | None:
     if choose is edited and not box.strip():
         return text
     return None
-
-
-def sampling_values(
-    temperature: float, top_p: float, top_k: int, repetition_penalty: float, max_new_tokens: int, seed: Any
-) -> dict[str, Any]:
-    """The controls' values as /chat takes them; the seed box's text becomes a number, or None when empty."""
-    values: dict[str, Any] = {
-        "temperature": temperature,
-        "top_p": top_p,
-        "top_k": top_k,
-        "repetition_penalty": repetition_penalty,
-        "max_new_tokens": max_new_tokens,
-        "seed": None,
-    }
-    typed_seed = str(seed).strip() if seed is not None else ""
-    if typed_seed:
-        # A whole number; anything else is left as typed for validation to refuse in words.
-        values["seed"] = int(typed_seed) if typed_seed.isdecimal() and typed_seed.isascii() else typed_seed
-    return values
