@@ -152,6 +152,33 @@ TEXTS: dict[str, tuple[str, str]] = {
     "card_value": ("モデルカードの値", "model card's value"),
     "rated_up": ("高評価", "Liked"),
     "rated_down": ("低評価", "Disliked"),
+    # Past conversations (kept in this browser) and versions
+    "history_heading": ("### 会話の履歴", "### Conversations"),
+    "history_search": ("会話を検索", "Search conversations"),
+    "history_manage": ("この会話を管理", "Manage this conversation"),
+    "history_title": ("会話の名前", "Name"),
+    "history_rename": ("名前を変更", "Rename"),
+    "history_delete": ("この会話を削除", "Delete this conversation"),
+    "history_delete_all": ("すべての会話を削除…", "Delete all conversations…"),
+    "history_delete_all_confirm": (
+        "**このブラウザに保存したすべての会話を削除しますか?** 元に戻せません。",
+        "**Delete every conversation kept in this browser?** This cannot be undone.",
+    ),
+    "history_delete_all_yes": ("すべて削除する", "Delete all"),
+    "history_where": (
+        "会話はこのブラウザの中にだけ保存され、サーバーには保存されません。",
+        "Conversations are kept in this browser only, not on the server.",
+    ),
+    "history_none_open": ("開いている保存済みの会話がありません。", "No kept conversation is open."),
+    "history_deleted_all": ("すべての会話を削除しました。", "Every conversation was deleted."),
+    "history_dropped": (
+        "保存できる量を超えたため、古い会話を {n} 件削除しました。",
+        "{n} older conversations were removed to stay within what this browser keeps.",
+    ),
+    "history_too_big": (
+        "この会話は大きすぎるため、ブラウザに保存できません。",
+        "This conversation is too large to keep in the browser.",
+    ),
 }
 
 # Gradio's own words that its Japanese dictionary lacks.

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.middleware import Middleware
 
 from inference import Registry
-from webapp import privacy, ui_chat, ui_terms
+from webapp import privacy, ui_chat, ui_history, ui_terms
 from webapp.admin import EVENT_COLUMNS, Admin
 from webapp.chat_page import ChatPage
 from webapp.errors import user_errors
@@ -84,6 +84,9 @@ html[lang^="ja"] .toast-title.success::before { content: "完了"; }
 }
 """
 FONTS = ["Noto Sans CJK JP", "Noto Sans JP", "Hiragino Sans", "Yu Gothic", "Meiryo", "system-ui", "sans-serif"]
+
+
+CSS += ui_history.CSS
 
 
 def launch_options(settings: Settings | None = None) -> dict[str, Any]:
@@ -182,6 +185,7 @@ def build(
                     sign_in = gr.Button(t("admin_open"), size="sm")
             with gr.Tab(t("chat_locked"), id="chat", interactive=False) as chat_tab:
                 chat = ui_chat.render(registry, handlers.availability)
+                kept = ui_history.render(secret)
             with gr.Tab(t("admin_tab"), id="admin", visible=False) as admin_tab:
                 view = _render_admin()
         view.token_box, view.sign_in = token_box, sign_in
@@ -223,7 +227,7 @@ def build(
             api_name="page_terms_note",
             **private,
         )
-        demo.load(user_errors(page_state), state_inputs, state_outputs, api_name="page_load", **private)
+        loaded = demo.load(user_errors(page_state), state_inputs, state_outputs, api_name="page_load", **private)
         # Gradio mounts what sits in an unselected tab or a closed accordion only when it is first shown,
         # and a frame later sends it the values it was built with once more: what was typed into a box in
         # that frame was lost (the message box as the chat opens, the seed as its panel opens). A box
@@ -260,9 +264,11 @@ def build(
 
         # Chat: the page streams into the chatbot; /chat streams text. Both go
         # through the same gate before any token is made, and the same lanes.
-        ui_chat.wire(chat, chat_page, lang=lang, receipt=receipt).then(
-            user_errors(page_state), state_inputs, state_outputs, api_name="page_model_state", **private
-        )
+        model_event = ui_chat.wire(chat, chat_page, lang=lang, receipt=receipt)
+        model_event.then(user_errors(page_state), state_inputs, state_outputs, api_name="page_model_state", **private)
+        # Past conversations and versions: kept in the visitor's browser, never on the server.
+        keeper = ui_history.Keeper(chat_page, registry)
+        ui_history.wire(kept, chat, keeper, demo=demo, lang=lang, model_event=model_event, loaded=loaded)
 
         def acknowledge(
             model_id: str,
