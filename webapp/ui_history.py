@@ -255,7 +255,7 @@ class Keeper:
             chat.id,
             chat.messages,
             chat.replies,
-            chat.versions,
+            versions.showing(chat.versions, chat.messages),
             model,
             *((gr.skip(),) * 6 if later or controls is None else controls),
             controls if later else None,
@@ -328,11 +328,16 @@ class Keeper:
         """Before an edit replaces a message and what follows: keep them as a version. A reply that does not
         come (refused, busy) leaves the conversation as it was, and ``settle`` takes the version back."""
         index = data.index if data is not None and isinstance(data.index, int) else None
-        return self._fork(messages, kept, model_id, index)
+        if index is None or not isinstance(messages, list) or not 0 <= index < len(messages):
+            return gr.skip()
+        # The browser has already put the edited text in (and dropped what followed): the version is the
+        # conversation the server last showed, or the browser's with the message as it was.
+        before = [*messages[:index], {**messages[index], "content": data.previous_value}, *messages[index + 1 :]]
+        return self._fork(versions.last_shown(kept or {}) or before, kept, model_id, index)
 
     def fork_retry(self, messages: object, kept: dict[str, Any], model_id: str) -> Any:
         """Before a retry replaces the last reply: keep the message and its reply as a version."""
-        return self._fork(messages, kept, model_id, None)
+        return self._fork(versions.last_shown(kept or {}) or messages, kept, model_id, None)
 
     def _fork(self, messages: object, kept: dict[str, Any], model_id: str, index: int | None) -> Any:
         try:
@@ -346,7 +351,7 @@ class Keeper:
         """After a reply or an undo: forks whose reply never came are taken back, and the arrows redrawn."""
         shown = messages if isinstance(messages, list) else []
         kept = versions.prune(shown, versions.settle(shown, kept or {}))
-        return kept, json.dumps(versions.arrows(shown, kept))
+        return versions.showing(kept, shown), json.dumps(versions.arrows(shown, kept))
 
     def switch(
         self, choice: object, messages: object, kept: dict[str, Any], model_id: str, lang: str, request: gr.Request
@@ -368,7 +373,7 @@ class Keeper:
         if moved is None:
             return nothing
         messages, kept = moved
-        return messages, kept, json.dumps(versions.arrows(messages, kept))
+        return messages, versions.showing(kept, messages), json.dumps(versions.arrows(messages, kept))
 
 
 def wire(
@@ -398,10 +403,12 @@ def wire(
             *save, api_name=f"page_history_save_{i}", **private
         )
     # Before an edit or a retry replaces what follows, it becomes a version (inputs are read as the event starts).
+    # Unqueued, so that it reads the conversation as the event starts rather than once the reply is done.
     fork_inputs = [chat.chatbot, chat.versions, chat.model]
-    chat.chatbot.edit(user_errors(keeper.fork), fork_inputs, chat.versions, api_name="page_versions_edit", **private)
+    unqueued = {**private, "queue": False}
+    chat.chatbot.edit(user_errors(keeper.fork), fork_inputs, chat.versions, api_name="page_versions_edit", **unqueued)
     chat.chatbot.retry(
-        user_errors(keeper.fork_retry), fork_inputs, chat.versions, api_name="page_versions_retry", **private
+        user_errors(keeper.fork_retry), fork_inputs, chat.versions, api_name="page_versions_retry", **unqueued
     )
     view.version_go.click(
         user_errors(keeper.switch),

@@ -17,7 +17,10 @@ from webapp.chat_messages import Messages, last_user, plain, text_of
 from webapp.history import MAX_VERSIONS
 
 Versions = dict[str, Any]
-_BEFORE, _AT = "_before", "_at"
+# Working keys, never kept with the conversation: the versions before a fork (to take it back if no reply
+# comes), where it was, and the conversation as last settled on the server. The browser has already changed
+# its copy when an edit's event starts, so a fork keeps what the server last saw.
+_BEFORE, _AT, _SHOWN = "_before", "_at", "_shown"
 
 
 def _below(versions: Versions, index: int) -> tuple[Versions, Versions]:
@@ -58,7 +61,18 @@ def settle(messages: Messages, versions: Versions) -> Versions:
 
 
 def settled(versions: Versions) -> Versions:
-    return {k: v for k, v in versions.items() if k not in (_BEFORE, _AT)}
+    """The versions to keep: without the working keys."""
+    return {k: v for k, v in versions.items() if not k.startswith("_")}
+
+
+def showing(versions: Versions, messages: Messages) -> Versions:
+    """``versions`` remembering ``messages`` as the conversation shown now."""
+    return {**versions, _SHOWN: plain(messages)}
+
+
+def last_shown(versions: Versions) -> Messages | None:
+    shown = versions.get(_SHOWN)
+    return shown if isinstance(shown, list) else None
 
 
 def prune(messages: Messages, versions: Versions) -> Versions:
