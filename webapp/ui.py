@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.middleware import Middleware
 
 from inference import Registry
-from webapp import privacy, ui_chat, ui_history, ui_terms
+from webapp import compare, privacy, ui_chat, ui_history, ui_terms
 from webapp.admin import EVENT_COLUMNS, Admin
 from webapp.chat_page import ChatPage
 from webapp.errors import user_errors
@@ -124,6 +124,8 @@ class _AdminView:
     ratings: gr.Dataframe
     ratings_download: gr.HTML
     refresh: gr.Button
+    arena: gr.Dataframe | None = None
+    arena_download: gr.HTML | None = None
 
 
 def _render_admin() -> _AdminView:
@@ -136,9 +138,12 @@ def _render_admin() -> _AdminView:
     ratings = gr.Dataframe(headers=["model_id", "up", "down"], label=t("feedback_counts"))
     gr.Markdown(t("feedback_export"))
     ratings_download = gr.HTML("")
+    arena = gr.Dataframe(headers=compare.RANK_COLUMNS, label=t("arena_ranking"), elem_id="arena-ranking")
+    arena_download = gr.HTML("", elem_id="arena-download")
     return _AdminView(
-        gr.Textbox(render=False), gr.Button(render=False), plot, events, download, ratings, ratings_download, refresh
-    )
+        gr.Textbox(render=False), gr.Button(render=False), plot, events, download, ratings, ratings_download, refresh,
+        arena, arena_download,
+    )  # fmt: skip
 
 
 def build(
@@ -158,6 +163,7 @@ def build(
         ui_terms.TermsPage(handlers),
         Ratings(sessions, admin),
     )
+    board = compare.ArenaBoard(sessions, admin)
     with gr.Blocks(title=TITLE) as demo:
         # The receipt and the admin grant live in the browser (encrypted with the
         # server secret) and come with each request: nothing server-side is
@@ -186,6 +192,7 @@ def build(
             with gr.Tab(t("chat_locked"), id="chat", interactive=False) as chat_tab:
                 chat = ui_chat.render(registry, handlers.availability)
                 kept = ui_history.render(secret)
+                duel = compare.render(registry, handlers.availability)
             with gr.Tab(t("admin_tab"), id="admin", visible=False) as admin_tab:
                 view = _render_admin()
         view.token_box, view.sign_in = token_box, sign_in
@@ -269,6 +276,8 @@ def build(
         # Past conversations and versions: kept in the visitor's browser, never on the server.
         keeper = ui_history.Keeper(chat_page, registry)
         ui_history.wire(kept, chat, keeper, demo=demo, lang=lang, model_event=model_event, loaded=loaded)
+        # Compare: two replies through the same gate and limits as /chat.
+        compare.wire(duel, compare.Compare(handlers, sessions), chat=chat, lang=lang, receipt=receipt)
 
         def acknowledge(
             model_id: str,
@@ -312,9 +321,16 @@ def build(
         for trigger, name in ((view.refresh.click, "page_admin_refresh"), (admin_tab.select, "page_admin_select")):
             trigger(user_errors(admin.dashboard), admin_grant, dashboard, api_name=name, **private).then(
                 user_errors(ratings.dashboard), admin_grant, rated, api_name=f"{name}_ratings", **private
+            ).then(
+                user_errors(board.dashboard),
+                admin_grant,
+                [view.arena, view.arena_download],
+                api_name=f"{name}_arena",
+                **private,
             )
         gr.api(user_errors(admin.admin_events), api_name="admin_events")
         gr.api(user_errors(admin.admin_export), api_name="admin_export")
         gr.api(user_errors(admin.admin_erase), api_name="admin_erase")
         gr.api(user_errors(ratings.admin_feedback), api_name="admin_feedback")
+        gr.api(user_errors(board.admin_arena), api_name="admin_arena")
     return demo
