@@ -68,7 +68,7 @@ def render(registry: Any, availability: Any) -> CompareView:
             chat_a = gr.Chatbot(label="A", height=360, buttons=["copy"], elem_id="compare-a")
             chat_b = gr.Chatbot(label="B", height=360, buttons=["copy"], elem_id="compare-b")
         with gr.Row():
-            message = gr.Textbox(show_label=False, placeholder=say("ja", "message_placeholder"), scale=4,
+            message = gr.Textbox(label=t("message"), show_label=False, placeholder=t("message_placeholder"), scale=4,
                                  max_lines=6, elem_id="compare-message")  # fmt: skip
             send = gr.Button(t("compare_send"), variant="primary", scale=1, min_width=0, elem_id="compare-send")
         with gr.Row():

@@ -200,6 +200,7 @@ TEXTS: dict[str, tuple[str, str]] = {
         "Your vote is recorded. A was {a}, B was {b}.",
     ),
     "arena_ranking": ("比較の順位(Bradley-Terry、95% 信頼区間)", "Compare ranking (Bradley-Terry, 95% intervals)"),
+    "versions": ("版", "Versions"),
     "history_too_big": (
         "この会話は大きすぎるため、ブラウザに保存できません。",
         "This conversation is too large to keep in the browser.",

@@ -119,9 +119,13 @@ def render(secret: str) -> HistoryView:
     with gr.Sidebar(open=True, width=280, elem_id="history") as sidebar:
         gr.Markdown(t("history_heading"))
         search = gr.Textbox(
-            show_label=False, placeholder=say("ja", "history_search"), max_lines=1, elem_id="chat-search"
+            label=t("history_search"),
+            show_label=False,
+            placeholder=t("history_search"),
+            max_lines=1,
+            elem_id="chat-search",
         )
-        chats = gr.Radio(choices=[], show_label=False, elem_id="chat-list", container=False)
+        chats = gr.Radio(choices=[], label=t("history_heading"), show_label=False, elem_id="chat-list", container=False)
         with gr.Accordion(t("history_manage"), open=False, elem_id="chat-manage"):
             title = gr.Textbox(label=t("history_title"), max_lines=1, elem_id="chat-title")
             rename = gr.Button(t("history_rename"), size="sm", elem_id="chat-rename")
@@ -133,9 +137,10 @@ def render(secret: str) -> HistoryView:
                     confirm_yes = gr.Button(t("history_delete_all_yes"), size="sm", variant="stop")
                     confirm_no = gr.Button(t("withdraw_no"), size="sm")
         gr.Markdown(t("history_where"), elem_id="history-where")
-    version_map = gr.Textbox("[]", visible="hidden", elem_id="version-map")
-    version_pick = gr.Textbox("", visible="hidden", elem_id="version-pick")
-    version_go = gr.Button("versions", visible="hidden", elem_id="version-go")
+    # Hidden, but named in the page's language like everything else (screen readers may still meet them).
+    version_map = gr.Textbox("[]", label=t("versions"), visible="hidden", elem_id="version-map")
+    version_pick = gr.Textbox("", label=t("versions"), visible="hidden", elem_id="version-pick")
+    version_go = gr.Button(t("versions"), visible="hidden", elem_id="version-go")
     return HistoryView(
         store, open_id, search, chats, title, rename, delete, delete_all, confirm, confirm_yes, confirm_no,
         version_map, version_pick, version_go, gr.State(None), sidebar,
@@ -262,6 +267,14 @@ class Keeper:
             chat.title,
             json.dumps(versions.arrows(chat.messages, chat.versions)),
         )
+
+    def restore(
+        self, chat_id: object, store: object, model_now: str, lang: str, request: gr.Request
+    ) -> tuple[Any, ...]:
+        """On arrival: a reload reopens the chat that was open; anything else starts a new one."""
+        if chat_id == "":
+            return ("", *self.open("", store, model_now, lang, request)[1:])
+        return self.open(chat_id, store, model_now, lang, request)
 
     def _controls(self, sampling: dict[str, Any]) -> tuple[Any, ...] | None:
         seed = sampling.get("seed")
@@ -427,11 +440,17 @@ def wire(
         view.version_map,
     ]  # fmt: skip
     open_inputs = [view.store, chat.model, lang]
-    # A reload reopens the conversation that was open, with its model and settings: once the chat tab is
-    # open, as Gradio mounts what an unselected tab holds only when it is shown, with the values it was
-    # built with (a frame later: hence the short wait).
+    # A reload reopens the conversation that was open, with its model and settings; a new tab or window
+    # starts a new one (the list has the others). Once the chat tab is open, as Gradio mounts what an
+    # unselected tab holds only when it is shown, with the values it was built with (a frame later: hence
+    # the short wait).
     loaded.then(None, js="() => new Promise((done) => setTimeout(done, 150))", **private).then(
-        user_errors(keeper.open), [view.open_id, *open_inputs], opened, api_name="page_history_restore", **private
+        user_errors(keeper.restore),
+        [view.open_id, *open_inputs],
+        opened,
+        js=RELOAD_ONLY_JS,
+        api_name="page_history_restore",
+        **private,
     ).then(
         user_errors(keeper.listed),
         [view.store, view.search, view.open_id, lang],
@@ -508,4 +527,8 @@ def wire(
     )
 
 
+RELOAD_ONLY_JS = (
+    "(id, store, model, lang) => "
+    "[(performance.getEntriesByType('navigation')[0] || {}).type === 'reload' ? id : '', store, model, lang]"
+)
 FOLD_ON_PHONE_JS = "() => (window.innerWidth <= 640 ? {__type__: 'update', open: false} : {__type__: 'update'})"
