@@ -161,8 +161,9 @@ class Compare:
                 )
                 for s, text, label in zip(shown, texts, labels, strict=True)
             ]
-            first = box == ""
-            return (*sides, gr.skip() if box is None else box, round_, "" if first else gr.skip(), gr.skip(), gr.skip())
+            # The result line: emptied as a round starts, asking for the vote once both replies are in.
+            said = "" if box == "" else say(lang, "compare_vote_now") if done and round_["done"] else gr.skip()
+            return (*sides, gr.skip() if box is None else box, round_, said, gr.skip(), gr.skip())
 
         yield view(False, "")  # admitted: the box empties, the last round's result goes
         queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()

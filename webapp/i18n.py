@@ -194,6 +194,10 @@ TEXTS: dict[str, tuple[str, str]] = {
         "この会話を投票と一緒に保存することを許可します",
         "Allow storing this conversation with my vote",
     ),
+    "compare_vote_now": (
+        "両方の返答が揃いました。良い方に投票してください。",
+        "Both replies are in: vote for the better one.",
+    ),
     "compare_nothing": ("投票できる比較がまだありません。", "There is no comparison to vote on yet."),
     "compare_thanks": (
         "投票を記録しました。A は {a}、B は {b} でした。",

@@ -252,7 +252,12 @@ def build(
             [*form.fields, form.status, receipt],
             api_name="page_accept",
             **private,
-        ).then(user_errors(page_state), state_inputs, state_outputs, api_name="page_unlock", **private)
+        ).then(user_errors(page_state), state_inputs, state_outputs, api_name="page_unlock", **private).then(
+            # The chat opens at its top (the model, the conversation and the box), not where the form was.
+            None,
+            js="() => { if (document.querySelector('#chatbot')?.checkVisibility()) window.scrollTo(0, 0); }",
+            **private,
+        )
         # Showing and hiding the confirmation runs in the browser alone.
         form.withdraw.click(None, None, form.confirm, js="() => ({visible: true, __type__: 'update'})", **private)
         form.confirm_no.click(None, None, form.confirm, js="() => ({visible: false, __type__: 'update'})", **private)
