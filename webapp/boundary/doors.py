@@ -247,7 +247,9 @@ def _too_long(chars: int, limit: int) -> Refused:
 
 
 def for_component(block: Any, *, history_chars: int) -> Check:
-    """The bound of one input component, from its kind."""
+    """The bound of one input component: its own (``door_bound``, set where the page builds it), else from its kind."""
+    if (own := getattr(block, "door_bound", None)) is not None:
+        return own
     if isinstance(block, gr.Chatbot):
         return conversation(history_chars)
     if isinstance(block, gr.Textbox):

@@ -30,6 +30,7 @@ from webapp.downloads import download_link
 from webapp.errors import user_errors
 from webapp.handlers import HISTORY_CHARS_PER_CONTEXT_TOKEN, Handlers, sampling_values
 from webapp.i18n import pick, say, t
+from webapp.ui.chat import STATE_TTL_S
 
 SIDES = ("a", "b")
 VERDICTS = {"a": arena.Verdict.A, "b": arena.Verdict.B, "tie": arena.Verdict.TIE, "both_bad": arena.Verdict.BOTH_BAD}
@@ -78,7 +79,19 @@ def render(registry: Any, availability: Any) -> CompareView:
             ]
         share = gr.Checkbox(label=t("compare_share"), value=False, elem_id="compare-share")
         result = gr.Markdown("", elem_id="compare-result")
-    return CompareView(model_a, model_b, blind, chat_a, chat_b, message, send, votes, share, result, gr.State(None))
+    return CompareView(
+        model_a,
+        model_b,
+        blind,
+        chat_a,
+        chat_b,
+        message,
+        send,
+        votes,
+        share,
+        result,
+        gr.State(None, time_to_live=STATE_TTL_S),
+    )
 
 
 def _notice(lang: str | None, exc: AppError) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 
 from inference import InvalidInput, Registry, SamplingOptions
+from webapp.boundary import doors
 from webapp.chat import history, versions
 from webapp.chat.history import SAMPLING_KEYS, Saved
 from webapp.chat.messages import Messages, plain, to_history
@@ -23,6 +24,7 @@ from webapp.errors import user_errors
 from webapp.handlers import HISTORY_CHARS_PER_CONTEXT_TOKEN, sampling_values
 from webapp.i18n import say, t
 from webapp.text import require_encodable, visible
+from webapp.ui.chat import STATE_TTL_S
 
 PICK = re.compile(r"(\d{1,5}):(-1|1)")
 
@@ -140,9 +142,13 @@ def render(secret: str) -> HistoryView:
     version_map = gr.Textbox("[]", label=t("versions"), visible="hidden", elem_id="version-map")
     version_pick = gr.Textbox("", label=t("versions"), visible="hidden", elem_id="version-pick")
     version_go = gr.Button(t("versions"), visible="hidden", elem_id="version-go")
+    # Their own bounds at the door: the list's choices change per visitor (chat ids), and the kept list is
+    # larger than the small values the door allows other kept state (its JSON escapes each character at most twice).
+    chats.door_bound = doors.text(64)  # type: ignore[attr-defined]  # a chat id is 12 characters
+    store.door_bound = doors.json_value(2 * history.MAX_STORE_CHARS)  # type: ignore[attr-defined]
     return HistoryView(
         store, open_id, search, chats, title, rename, delete, delete_all, confirm, confirm_yes, confirm_no,
-        version_map, version_pick, version_go, gr.State(None), sidebar,
+        version_map, version_pick, version_go, gr.State(None, time_to_live=STATE_TTL_S), sidebar,
     )  # fmt: skip
 
 
