@@ -145,7 +145,10 @@ def render(secret: str) -> HistoryView:
     # Their own bounds at the door: the list's choices change per visitor (chat ids), and the kept list is
     # larger than the small values the door allows other kept state (its JSON escapes each character at most twice).
     chats.door_bound = doors.text(64)  # type: ignore[attr-defined]  # a chat id is 12 characters
-    store.door_bound = doors.json_value(2 * history.MAX_STORE_CHARS)  # type: ignore[attr-defined]
+    # Chats hold messages with their parts, and versions of them: deeper and wider than other kept values.
+    store.door_bound = doors.json_value(  # type: ignore[attr-defined]
+        2 * history.MAX_STORE_CHARS, depth=16, nodes=history.MAX_STORE_CHARS // 4
+    )
     return HistoryView(
         store, open_id, search, chats, title, rename, delete, delete_all, confirm, confirm_yes, confirm_no,
         version_map, version_pick, version_go, gr.State(None, time_to_live=STATE_TTL_S), sidebar,
