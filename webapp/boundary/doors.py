@@ -68,20 +68,12 @@ class Busy(Refused):
 Check = Callable[[Any], None]
 
 
-def _walk(
-    value: Any,
-    *,
-    max_chars: int,
-    depth: int = 0,
-    budget: list[int] | None = None,
-    strict: bool = True,
-    max_depth: int = MAX_DEPTH,
-) -> int:
+def _walk(value: Any, *, max_chars: int, depth: int = 0, budget: list[int] | None = None, strict: bool = True) -> int:
     """The characters of every string in a JSON value; refuses deep or wide values, and (``strict``)
-    non-finite numbers and unencodable text. ``budget`` holds the nodes still allowed."""
+    non-finite numbers and unencodable text."""
     budget = budget if budget is not None else [MAX_NODES]
     budget[0] -= 1
-    if budget[0] < 0 or depth > max_depth:
+    if budget[0] < 0 or depth > MAX_DEPTH:
         raise Refused("too-deep")
     if not strict:
         pass
@@ -100,18 +92,17 @@ def _walk(
     items = value.items() if isinstance(value, dict) else value if isinstance(value, list) else ()
     for item in items:
         if isinstance(item, tuple):
-            total += _walk(item[0], max_chars=max_chars, depth=depth + 1, budget=budget, strict=strict,
-                           max_depth=max_depth)  # fmt: skip
+            total += _walk(item[0], max_chars=max_chars, depth=depth + 1, budget=budget, strict=strict)
             item = item[1]
-        total += _walk(item, max_chars=max_chars, depth=depth + 1, budget=budget, strict=strict, max_depth=max_depth)
+        total += _walk(item, max_chars=max_chars, depth=depth + 1, budget=budget, strict=strict)
         if total > max_chars:
             raise Refused("too-large")
     return total
 
 
-def json_value(max_chars: int, *, strict: bool = True, depth: int = MAX_DEPTH, nodes: int = MAX_NODES) -> Check:
+def json_value(max_chars: int, *, strict: bool = True) -> Check:
     def check(value: Any) -> None:
-        if _walk(value, max_chars=max_chars, strict=strict, max_depth=depth, budget=[nodes]) > max_chars:
+        if _walk(value, max_chars=max_chars, strict=strict) > max_chars:
             raise Refused("too-large")
 
     return check
@@ -256,9 +247,7 @@ def _too_long(chars: int, limit: int) -> Refused:
 
 
 def for_component(block: Any, *, history_chars: int) -> Check:
-    """The bound of one input component: its own (``door_bound``, set where the page builds it), else from its kind."""
-    if (own := getattr(block, "door_bound", None)) is not None:
-        return own
+    """The bound of one input component, from its kind."""
     if isinstance(block, gr.Chatbot):
         return conversation(history_chars)
     if isinstance(block, gr.Textbox):
