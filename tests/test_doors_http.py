@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import gradio as gr
 import httpx
 import pytest
 
@@ -372,10 +371,3 @@ def test_a_rating_the_database_refuses_is_told_in_both_languages() -> None:
     with pytest.raises(RatingNotStored) as refused, _storing():
         raise OperationalError("INSERT INTO feedback", {}, Exception("database or disk is full"))
     assert is_clear_error(str(refused.value))
-
-
-def test_everything_the_server_keeps_for_a_page_expires(running_app: RunningApp) -> None:
-    """Every server-side state of the page has a finite time to live: a session that never closes cannot keep it."""
-    states = [b for b in running_app.demo.blocks.values() if isinstance(b, gr.State)]
-    assert states, "the page keeps server-side state (its replies' records)"
-    assert all(0 < s.time_to_live <= 24 * 3600 for s in states), [s.time_to_live for s in states]

@@ -131,14 +131,8 @@ def render(registry: Registry, availability: Availability | None = None) -> Chat
     return ChatView(
         model, licence, acknowledge, chatbot, message, send, stop, new_chat, sliders, seed, card_line,
         export_links, feedback_group, target, comment, share, feedback_send,
-        gr.State({}, time_to_live=STATE_TTL_S), gr.State(None, time_to_live=STATE_TTL_S),
+        gr.State({}), gr.State(None),
     )  # fmt: skip
-
-
-# What the server keeps for a page (its replies' records and signed digests, a pending rating) expires this
-# long after it last changed, as well as when the tab closes: a client that never closes its session (an API
-# caller, a flood of new sessions) cannot hold it for ever. A reply older than this can no longer be rated.
-STATE_TTL_S = 12 * 3600
 
 
 def wire(chat: ChatView, page: ChatPage, *, lang: gr.Radio, receipt: gr.Component) -> Any:
