@@ -180,14 +180,22 @@ def test_a_flood_of_large_page_values_from_new_sessions_keeps_memory_bounded(run
     base = running_app.url.rstrip("/") + "/gradio_api"
     big = [turn("user", "あ" * 20_000)] * 30  # about 1.8 MB as JSON
     undo = fn_index(running_app, "page_undo")
+
+    def flood(rounds: int) -> None:
+        with httpx.Client(timeout=30) as http:
+            for _ in range(rounds):
+                body = {"data": [big], "fn_index": undo, "session_hash": uuid.uuid4().hex}
+                assert http.post(f"{base}/queue/join", json=body).status_code == 422
+                for route in ("run", "call"):
+                    assert http.post(f"{base}/{route}/page_undo", json={"data": [big]}).status_code == 422
+
+    # The allocator keeps some freed memory per thread (tens of MiB on a busy machine): warm it up
+    # first, so what is measured is what the refusals themselves keep. Before the door, each one kept
+    # about 20 MiB, 3,600 MiB for these 180.
+    flood(20)
     before = rss_mib()
     start = time.monotonic()
-    with httpx.Client(timeout=30) as http:
-        for _ in range(60):
-            body = {"data": [big], "fn_index": undo, "session_hash": uuid.uuid4().hex}
-            assert http.post(f"{base}/queue/join", json=body).status_code == 422
-            for route in ("run", "call"):
-                assert http.post(f"{base}/{route}/page_undo", json={"data": [big]}).status_code == 422
+    flood(60)
     refused = rss_mib() - before
     # Within bounds, from a new session each: what Gradio keeps per session.
     within = [turn("user", "あ" * 4_000), turn("assistant", "い" * 4_000)] * 3
@@ -200,7 +208,7 @@ def test_a_flood_of_large_page_values_from_new_sessions_keeps_memory_bounded(run
         f"180 refused 1.8 MB requests: RSS {refused:+.1f} MiB in {time.monotonic() - start:.1f} s;"
         f" 200 new sessions within bounds: {per_session * 1024:.0f} KiB each"
     )
-    assert refused < 40, refused
+    assert refused < 20, refused
     assert per_session < 1.0, per_session
 
 
