@@ -178,6 +178,7 @@ def test_api_documents_both_endpoints(running_app: RunningApp) -> None:
         "/admin_export",
         "/admin_erase",
         "/admin_feedback",
+        "/admin_arena",
         "/models",
     }
 

@@ -357,9 +357,10 @@ def _visible_text(page) -> str:
     """Everything a visitor can read, less the terms themselves and the conversation."""
     return page.evaluate(
         """() => {
-          // The conversation itself (its messages and their actions) is content, written when it was said.
+          // The conversation itself (its messages and their actions) is content, written when it was said;
+          // so are the titles of past conversations (their first messages).
           const skip = (el) => el.closest('.terms-text, [role="log"], #model-picker, '
-            + '#language, .toast-wrap, .terms-hash');
+            + '#language, .toast-wrap, .terms-hash, #chat-list');
           const out = [];
           const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
           while (walk.nextNode()) {

@@ -152,6 +152,63 @@ TEXTS: dict[str, tuple[str, str]] = {
     "card_value": ("モデルカードの値", "model card's value"),
     "rated_up": ("高評価", "Liked"),
     "rated_down": ("低評価", "Disliked"),
+    # Past conversations (kept in this browser) and versions
+    "history_heading": ("### 会話の履歴", "### Conversations"),
+    "history_search": ("会話を検索", "Search conversations"),
+    "history_manage": ("この会話を管理", "Manage this conversation"),
+    "history_title": ("会話の名前", "Name"),
+    "history_rename": ("名前を変更", "Rename"),
+    "history_delete": ("この会話を削除", "Delete this conversation"),
+    "history_delete_all": ("すべての会話を削除…", "Delete all conversations…"),
+    "history_delete_all_confirm": (
+        "**このブラウザに保存したすべての会話を削除しますか?** 元に戻せません。",
+        "**Delete every conversation kept in this browser?** This cannot be undone.",
+    ),
+    "history_delete_all_yes": ("すべて削除する", "Delete all"),
+    "history_where": (
+        "会話はこのブラウザの中にだけ保存され、サーバーには保存されません。",
+        "Conversations are kept in this browser only, not on the server.",
+    ),
+    "history_none_open": ("開いている保存済みの会話がありません。", "No kept conversation is open."),
+    "history_deleted_all": ("すべての会話を削除しました。", "Every conversation was deleted."),
+    "history_dropped": (
+        "保存できる量を超えたため、古い会話を {n} 件削除しました。",
+        "{n} older conversations were removed to stay within what this browser keeps.",
+    ),
+    "compare": ("比較(2 つのモデルに同じメッセージ)", "Compare (two models, one message)"),
+    "compare_help": (
+        "2 つのモデルが同じメッセージに同時に答えます。良い方に投票してください。"
+        "「ランダム」ではモデル名は投票の後に表示されます。生成の設定は上の「生成の設定」を使います。",
+        'Two models answer the same message at once. Vote for the better reply. With "random" the models'
+        " are named only after your vote. Sampling comes from the Sampling panel above.",
+    ),
+    "compare_model_a": ("モデル A", "Model A"),
+    "compare_model_b": ("モデル B", "Model B"),
+    "compare_blind": ("ランダムに選ぶ(投票後に名前を表示)", "Draw at random (named after the vote)"),
+    "compare_send": ("両方に送る", "Send to both"),
+    "compare_vote_a": ("A が良い", "A is better"),
+    "compare_vote_b": ("B が良い", "B is better"),
+    "compare_vote_tie": ("引き分け", "Tie"),
+    "compare_vote_both_bad": ("どちらも悪い", "Both are bad"),
+    "compare_share": (
+        "この会話を投票と一緒に保存することを許可します",
+        "Allow storing this conversation with my vote",
+    ),
+    "compare_vote_now": (
+        "両方の返答が揃いました。良い方に投票してください。",
+        "Both replies are in: vote for the better one.",
+    ),
+    "compare_nothing": ("投票できる比較がまだありません。", "There is no comparison to vote on yet."),
+    "compare_thanks": (
+        "投票を記録しました。A は {a}、B は {b} でした。",
+        "Your vote is recorded. A was {a}, B was {b}.",
+    ),
+    "arena_ranking": ("比較の順位(Bradley-Terry、95% 信頼区間)", "Compare ranking (Bradley-Terry, 95% intervals)"),
+    "versions": ("版", "Versions"),
+    "history_too_big": (
+        "この会話は大きすぎるため、ブラウザに保存できません。",
+        "This conversation is too large to keep in the browser.",
+    ),
 }
 
 # Gradio's own words that its Japanese dictionary lacks.

@@ -68,12 +68,20 @@ class Busy(Refused):
 Check = Callable[[Any], None]
 
 
-def _walk(value: Any, *, max_chars: int, depth: int = 0, budget: list[int] | None = None, strict: bool = True) -> int:
+def _walk(
+    value: Any,
+    *,
+    max_chars: int,
+    depth: int = 0,
+    budget: list[int] | None = None,
+    strict: bool = True,
+    max_depth: int = MAX_DEPTH,
+) -> int:
     """The characters of every string in a JSON value; refuses deep or wide values, and (``strict``)
-    non-finite numbers and unencodable text."""
+    non-finite numbers and unencodable text. ``budget`` holds the nodes still allowed."""
     budget = budget if budget is not None else [MAX_NODES]
     budget[0] -= 1
-    if budget[0] < 0 or depth > MAX_DEPTH:
+    if budget[0] < 0 or depth > max_depth:
         raise Refused("too-deep")
     if not strict:
         pass
@@ -92,17 +100,18 @@ def _walk(value: Any, *, max_chars: int, depth: int = 0, budget: list[int] | Non
     items = value.items() if isinstance(value, dict) else value if isinstance(value, list) else ()
     for item in items:
         if isinstance(item, tuple):
-            total += _walk(item[0], max_chars=max_chars, depth=depth + 1, budget=budget, strict=strict)
+            total += _walk(item[0], max_chars=max_chars, depth=depth + 1, budget=budget, strict=strict,
+                           max_depth=max_depth)  # fmt: skip
             item = item[1]
-        total += _walk(item, max_chars=max_chars, depth=depth + 1, budget=budget, strict=strict)
+        total += _walk(item, max_chars=max_chars, depth=depth + 1, budget=budget, strict=strict, max_depth=max_depth)
         if total > max_chars:
             raise Refused("too-large")
     return total
 
 
-def json_value(max_chars: int, *, strict: bool = True) -> Check:
+def json_value(max_chars: int, *, strict: bool = True, depth: int = MAX_DEPTH, nodes: int = MAX_NODES) -> Check:
     def check(value: Any) -> None:
-        if _walk(value, max_chars=max_chars, strict=strict) > max_chars:
+        if _walk(value, max_chars=max_chars, strict=strict, max_depth=depth, budget=[nodes]) > max_chars:
             raise Refused("too-large")
 
     return check
@@ -247,7 +256,9 @@ def _too_long(chars: int, limit: int) -> Refused:
 
 
 def for_component(block: Any, *, history_chars: int) -> Check:
-    """The bound of one input component, from its kind."""
+    """The bound of one input component: its own (``door_bound``, set where the page builds it), else from its kind."""
+    if (own := getattr(block, "door_bound", None)) is not None:
+        return own
     if isinstance(block, gr.Chatbot):
         return conversation(history_chars)
     if isinstance(block, gr.Textbox):

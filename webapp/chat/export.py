@@ -9,15 +9,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from webapp.chat.messages import Messages, note_id, text_of, to_history
+from webapp.chat.versions import others
 from webapp.downloads import download_link
 from webapp.i18n import say
 
 
-def export_links(messages: Messages, replies: dict[str, Any], terms: Any, lang: str | None) -> str:
+def export_links(
+    messages: Messages, replies: dict[str, Any], terms: Any, lang: str | None, versions: dict[str, Any] | None = None
+) -> str:
     """The two downloads of the conversation as it now is, labelled in the page's language."""
     if not to_history(messages):
         return f"<p>{html.escape(say(lang, 'nothing_to_export'))}</p>"
     data = conversation_json(messages, replies, terms)
+    if hidden := others(messages, versions or {}):
+        data["other_versions"] = hidden
     stem = f"llmjp-chat-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     as_json = json.dumps(data, ensure_ascii=False, indent=2)
     links = [
@@ -63,9 +68,16 @@ def conversation_markdown(data: dict[str, Any]) -> str:
         f"- terms: {data['terms']['id']} (SHA-256 {data['terms']['sha256']})",
         "",
     ]
+    # Which message a version note belongs to: the n-th user message of the conversation shown.
+    notes = {v["user"]: v for v in data.get("other_versions", [])}
+    users = 0
     for turn in data["messages"]:
         if turn["role"] == "user":
             lines += ["## User", "", turn["content"], ""]
+            if v := notes.get(users):
+                hidden = "; ".join(f"「{h}」" for h in v["hidden"])
+                lines += [f"<sub>version {v['shown']} of {v['count']} shown; the others began: {hidden}</sub>", ""]
+            users += 1
         else:
             head = turn.get("model_id", "assistant")
             lines += [f"## {head}", "", turn["content"], ""]

@@ -186,6 +186,9 @@ class ChatPage:
 
     # -- export --------------------------------------------------------------------
 
-    def export(self, messages: Messages, replies: dict[str, Any], lang: str | None) -> str:
-        """The conversation as JSON and Markdown downloads, carried in the page itself."""
-        return export_links(messages or [], replies or {}, self.handlers.gate.terms, lang)
+    def export(
+        self, messages: Messages, replies: dict[str, Any], lang: str | None, versions: dict[str, Any] | None = None
+    ) -> str:
+        """The conversation as JSON and Markdown downloads, carried in the page itself: the versions shown,
+        with a note of the others."""
+        return export_links(messages or [], replies or {}, self.handlers.gate.terms, lang, versions or {})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
@@ -32,6 +32,12 @@ LATEX: list[dict[str, str | bool]] = [
 ]
 
 
+# What the server keeps for a page (its replies' records and signed digests, a pending rating) expires this
+# long after it last changed, as well as when the tab closes: a client that never closes its session (an API
+# caller, a flood of new sessions) cannot hold it for ever. A reply older than this can no longer be rated.
+STATE_TTL_S = 12 * 3600
+
+
 @dataclass
 class ChatView:
     model: gr.Dropdown
@@ -53,6 +59,12 @@ class ChatView:
     feedback_send: gr.Button
     replies: gr.State
     pending_rating: gr.State
+    versions: gr.State = field(default_factory=lambda: gr.State({}, time_to_live=STATE_TTL_S))
+    """The versions behind the arrows (``webapp.chat.versions``)."""
+    done: list[Any] = field(default_factory=list)
+    """Events after which the conversation has changed (replies, undo): the list keeps it then."""
+    export_fn: Any = None
+    export_inputs: list[Any] = field(default_factory=list)
 
 
 def _slider(name: str, label: Any, info: Any, value: float, step: float) -> gr.Slider:
@@ -163,9 +175,10 @@ def wire(chat: ChatView, page: ChatPage, *, lang: gr.Radio, receipt: gr.Componen
         chat.chatbot.example_select(user_errors(page.example), inputs, outputs, api_name="page_example", **streaming),
     ]
     # The export holds the conversation as it now is, in the page's language.
-    export = (user_errors(page.export), [chat.chatbot, chat.replies, lang], chat.export_links)
+    chat.export_fn, chat.export_inputs = page.export, [chat.chatbot, chat.replies, lang, chat.versions]
+    export = (user_errors(page.export), chat.export_inputs, chat.export_links)
     for i, event in enumerate(replies):
-        event.then(*export, api_name=f"page_reply_done_{i}", **private)
+        chat.done.append(event.then(*export, api_name=f"page_reply_done_{i}", **private))
     # Stop never waits in the queue behind other events: it only sets this visitor's stop flag.
     # "multiple": a click's event may still be on its way back when the visitor stops the next reply,
     # and a button's default ("once") ignores clicks while its last event is pending.
@@ -173,9 +186,10 @@ def wire(chat: ChatView, page: ChatPage, *, lang: gr.Radio, receipt: gr.Componen
     chat.stop.click(
         page.stop, chat.chatbot, None, api_name="page_stop", concurrency_limit=None, trigger_mode="multiple", **private
     )
-    chat.chatbot.undo(
+    undone = chat.chatbot.undo(
         user_errors(page.undo), chat.chatbot, [chat.chatbot, chat.message], api_name="page_undo", **private
     ).then(*export, api_name="page_undo_done", **private)
+    chat.done.append(undone)
     cleared = [chat.chatbot, chat.message, chat.replies, chat.pending_rating]
     for trigger, name in ((chat.new_chat.click, "page_new_chat"), (chat.chatbot.clear, "page_clear")):
         trigger(user_errors(page.new_chat), None, cleared, api_name=name, **private).then(

@@ -22,6 +22,8 @@ from webapp.handlers import Handlers
 from webapp.i18n import HEAD, I18N, say, t
 from webapp.settings import Settings
 from webapp.ui import chat as ui_chat
+from webapp.ui import compare
+from webapp.ui import history as ui_history
 from webapp.ui import terms as ui_terms
 
 TITLE = "LLM-jp チャット / LLM-jp Chat"
@@ -88,6 +90,9 @@ html[lang^="ja"] .toast-title.success::before { content: "完了"; }
 FONTS = ["Noto Sans CJK JP", "Noto Sans JP", "Hiragino Sans", "Yu Gothic", "Meiryo", "system-ui", "sans-serif"]
 
 
+CSS += ui_history.CSS
+
+
 def launch_options(settings: Settings | None = None) -> dict[str, Any]:
     """Arguments for ``demo.launch``: the look and language of the page, and the limits of the web server."""
     # Local fonts only: the page must not wait on a font service, and Japanese
@@ -125,6 +130,8 @@ class _AdminView:
     ratings: gr.Dataframe
     ratings_download: gr.HTML
     refresh: gr.Button
+    arena: gr.Dataframe | None = None
+    arena_download: gr.HTML | None = None
 
 
 def _render_admin() -> _AdminView:
@@ -138,9 +145,12 @@ def _render_admin() -> _AdminView:
     ratings = gr.Dataframe(headers=["model_id", "up", "down"], label=t("feedback_counts"))
     gr.Markdown(t("feedback_export"))
     ratings_download = gr.HTML("")
+    arena = gr.Dataframe(headers=compare.RANK_COLUMNS, label=t("arena_ranking"), elem_id="arena-ranking")
+    arena_download = gr.HTML("", elem_id="arena-download")
     return _AdminView(
-        gr.Textbox(render=False), gr.Button(render=False), plot, events, download, ratings, ratings_download, refresh
-    )
+        gr.Textbox(render=False), gr.Button(render=False), plot, events, download, ratings, ratings_download, refresh,
+        arena, arena_download,
+    )  # fmt: skip
 
 
 def build(
@@ -160,6 +170,7 @@ def build(
         ui_terms.TermsPage(handlers),
         Ratings(sessions, admin),
     )
+    board = compare.ArenaBoard(sessions, admin)
     with gr.Blocks(title=TITLE) as demo:
         # The receipt and the admin grant live in the browser (encrypted with the
         # server secret) and come with each request: nothing server-side is
@@ -187,6 +198,8 @@ def build(
                     sign_in = gr.Button(t("admin_open"), size="sm")
             with gr.Tab(t("chat_locked"), id="chat", interactive=False) as chat_tab:
                 chat = ui_chat.render(registry, handlers.availability)
+                kept = ui_history.render(secret)
+                duel = compare.render(registry, handlers.availability)
             with gr.Tab(t("admin_tab"), id="admin", visible=False) as admin_tab:
                 view = _render_admin()
         view.token_box, view.sign_in = token_box, sign_in
@@ -234,7 +247,7 @@ def build(
             api_name="page_terms_note",
             **state_group,
         )
-        demo.load(user_errors(page_state), state_inputs, state_outputs, api_name="page_load", **state_group)
+        loaded = demo.load(user_errors(page_state), state_inputs, state_outputs, api_name="page_load", **state_group)
         # Gradio mounts what sits in an unselected tab or a closed accordion only when it is first shown,
         # and a frame later sends it the values it was built with once more: what was typed into a box in
         # that frame was lost (the message box as the chat opens, the seed as its panel opens). A box
@@ -252,7 +265,12 @@ def build(
             [*form.fields, form.status, receipt],
             api_name="page_accept",
             **terms_group,
-        ).then(user_errors(page_state), state_inputs, state_outputs, api_name="page_unlock", **state_group)
+        ).then(user_errors(page_state), state_inputs, state_outputs, api_name="page_unlock", **state_group).then(
+            # The chat opens at its top (the model, the conversation and the box), not where the form was.
+            None,
+            js="() => { if (document.querySelector('#chatbot')?.checkVisibility()) window.scrollTo(0, 0); }",
+            **private,
+        )
         # Showing and hiding the confirmation runs in the browser alone.
         form.withdraw.click(None, None, form.confirm, js="() => ({visible: true, __type__: 'update'})", **private)
         form.confirm_no.click(None, None, form.confirm, js="() => ({visible: false, __type__: 'update'})", **private)
@@ -272,9 +290,15 @@ def build(
 
         # Chat: the page streams into the chatbot; /chat streams text. Both go
         # through the same gate before any token is made, and the same lanes.
-        ui_chat.wire(chat, chat_page, lang=lang, receipt=receipt).then(
+        model_event = ui_chat.wire(chat, chat_page, lang=lang, receipt=receipt)
+        model_event.then(
             user_errors(page_state), state_inputs, state_outputs, api_name="page_model_state", **state_group
         )
+        # Past conversations and versions: kept in the visitor's browser, never on the server.
+        keeper = ui_history.Keeper(chat_page, registry)
+        ui_history.wire(kept, chat, keeper, demo=demo, lang=lang, model_event=model_event, loaded=loaded)
+        # Compare: two replies through the same gate and limits as /chat.
+        compare.wire(duel, compare.Compare(handlers, sessions), chat=chat, lang=lang, receipt=receipt)
 
         def acknowledge(
             model_id: str,
@@ -318,9 +342,16 @@ def build(
         for trigger, name in ((view.refresh.click, "page_admin_refresh"), (admin_tab.select, "page_admin_select")):
             trigger(user_errors(admin.dashboard), admin_grant, dashboard, api_name=name, **private).then(
                 user_errors(ratings.dashboard), admin_grant, rated, api_name=f"{name}_ratings", **private
+            ).then(
+                user_errors(board.dashboard),
+                admin_grant,
+                [view.arena, view.arena_download],
+                api_name=f"{name}_arena",
+                **private,
             )
         gr.api(user_errors(admin.admin_events), api_name="admin_events")
         gr.api(user_errors(admin.admin_export), api_name="admin_export")
         gr.api(user_errors(admin.admin_erase), api_name="admin_erase")
         gr.api(user_errors(ratings.admin_feedback), api_name="admin_feedback")
+        gr.api(user_errors(board.admin_arena), api_name="admin_arena")
     return demo

@@ -1,0 +1,108 @@
+"""「比較」 in a real browser: two models answer one message side by side, the vote is stored with both models,
+their revisions and sampling, a random pair is named only after the vote, and the admin's ranking counts it."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ADMIN_TOKEN, ARTIFACTS, RunningApp, launch
+from tests.test_browser import CHROMIUM, FLAGS, accept
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[RunningApp]:
+    from webapp.settings import Settings
+
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("compare"),
+        models="tiny",
+        hub_offline=True,
+        admin_token=ADMIN_TOKEN,
+        rate_chat="1000/minute",
+        rate_chat_address="1000/minute",
+        rate_consent_address="1000/minute",
+    )
+    running = launch(settings, models_dir)
+    try:
+        yield running
+    finally:
+        running.demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(app: RunningApp):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+        context = chromium.new_context(locale="ja-JP", viewport={"width": 1280, "height": 720})
+        tab = context.new_page()
+        tab.goto(app.url, wait_until="load")
+        accept(tab)
+        yield tab
+        chromium.close()
+
+
+def votes(app: RunningApp) -> list[tuple]:
+    with sqlite3.connect(app.settings.data_dir / "llmjp-demo.sqlite3") as db:
+        return db.execute(
+            "SELECT model_a, model_b, revision_a, sampling, verdict, blind, conversation FROM arena_votes ORDER BY id"
+        ).fetchall()
+
+
+def round_of(page, text: str) -> None:
+    from playwright.sync_api import expect
+
+    page.locator("#compare-message textarea").fill(text)
+    page.locator("#compare-send").click()
+    for side in ("a", "b"):
+        expect(page.locator(f"#compare-{side} [data-testid='user']")).to_have_text([text], timeout=20_000)
+    expect(page.locator("#compare-result")).to_contain_text("両方の返答が揃いました", timeout=60_000)
+    for side in ("a", "b"):
+        expect(page.locator(f"#compare-{side} [data-testid='bot']")).not_to_have_text([""])
+
+
+def test_two_models_side_by_side_a_vote_stored_and_ranked(page, app: RunningApp) -> None:
+    from gradio_client import Client
+    from playwright.sync_api import expect
+
+    page.locator("#compare").get_by_text("比較(2 つのモデルに同じメッセージ)").click()
+    round_of(page, "日本の首都はどこですか")
+    assert "tiny-llama" in page.locator("#compare-a").inner_text()
+    page.locator("#compare-share input").check()
+    page.locator("#compare-vote-a").click()
+    expect(page.locator("#compare-result")).to_contain_text("投票を記録しました", timeout=10_000)
+    (a, b, revision, sampling, verdict, blind, conversation), *_ = votes(app)
+    assert (a, verdict, blind) == ("tiny-llama", "a", 0) and b != a
+    # The tiny test models have no hub revision; a checkpoint's would be stored here.
+    assert revision is None and json.loads(sampling)["top_k"] == 50
+    assert json.loads(conversation)["a"][0] == {"role": "user", "content": "日本の首都はどこですか"}
+    # A second vote on the same round is refused: one round, one vote.
+    page.locator("#compare-vote-b").click()
+    expect(page.get_by_text("投票できる比較がまだありません").first).to_be_visible(timeout=10_000)
+    assert len(votes(app)) == 1
+
+    # Drawn at random: the columns say only A and B until the vote names them.
+    page.locator("#compare-share input").uncheck()
+    page.locator("#compare-blind input").check()
+    round_of(page, "富士山の高さは")
+    labels = page.locator("#compare-a, #compare-b").locator("[data-testid='block-label']").all_inner_texts()
+    assert [label.strip() for label in labels] == ["A", "B"]
+    page.locator("#compare-vote-tie").click()
+    expect(page.locator("#compare-result")).to_contain_text(re.compile("A は tiny-.*B は tiny-"), timeout=10_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#compare").screenshot(path=str(ARTIFACTS / "compare-laptop.png"))
+    stored = votes(app)
+    assert len(stored) == 2 and stored[1][4:] == ("tie", 1, None)
+
+    ranking = Client(app.url, verbose=False).predict(ADMIN_TOKEN, api_name="/admin_arena")
+    assert {r["model_id"] for r in ranking["ranking"]} >= {"tiny-llama", stored[0][1]}
+    assert len(ranking["votes"]) == 2
