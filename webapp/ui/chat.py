@@ -32,12 +32,6 @@ LATEX: list[dict[str, str | bool]] = [
 ]
 
 
-# What the server keeps for a page (its replies' records and signed digests, a pending rating) expires this
-# long after it last changed, as well as when the tab closes: a client that never closes its session (an API
-# caller, a flood of new sessions) cannot hold it for ever. A reply older than this can no longer be rated.
-STATE_TTL_S = 12 * 3600
-
-
 @dataclass
 class ChatView:
     model: gr.Dropdown
@@ -59,7 +53,7 @@ class ChatView:
     feedback_send: gr.Button
     replies: gr.State
     pending_rating: gr.State
-    versions: gr.State = field(default_factory=lambda: gr.State({}, time_to_live=STATE_TTL_S))
+    versions: gr.State = field(default_factory=lambda: gr.State({}))
     """The versions behind the arrows (``webapp.chat.versions``)."""
     done: list[Any] = field(default_factory=list)
     """Events after which the conversation has changed (replies, undo): the list keeps it then."""

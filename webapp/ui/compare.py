@@ -30,7 +30,6 @@ from webapp.downloads import download_link
 from webapp.errors import user_errors
 from webapp.handlers import HISTORY_CHARS_PER_CONTEXT_TOKEN, Handlers, sampling_values
 from webapp.i18n import pick, say, t
-from webapp.ui.chat import STATE_TTL_S
 
 SIDES = ("a", "b")
 VERDICTS = {"a": arena.Verdict.A, "b": arena.Verdict.B, "tie": arena.Verdict.TIE, "both_bad": arena.Verdict.BOTH_BAD}
@@ -90,7 +89,7 @@ def render(registry: Any, availability: Any) -> CompareView:
         votes,
         share,
         result,
-        gr.State(None, time_to_live=STATE_TTL_S),
+        gr.State(None),
     )
 
 

@@ -24,7 +24,6 @@ from webapp.errors import user_errors
 from webapp.handlers import HISTORY_CHARS_PER_CONTEXT_TOKEN, sampling_values
 from webapp.i18n import say, t
 from webapp.text import require_encodable, visible
-from webapp.ui.chat import STATE_TTL_S
 
 PICK = re.compile(r"(\d{1,5}):(-1|1)")
 
@@ -151,7 +150,7 @@ def render(secret: str) -> HistoryView:
     )
     return HistoryView(
         store, open_id, search, chats, title, rename, delete, delete_all, confirm, confirm_yes, confirm_no,
-        version_map, version_pick, version_go, gr.State(None, time_to_live=STATE_TTL_S), sidebar,
+        version_map, version_pick, version_go, gr.State(None), sidebar,
     )  # fmt: skip
 
 
