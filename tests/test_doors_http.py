@@ -57,6 +57,28 @@ def consenting(app: RunningApp, headers: dict[str, str] | None = None) -> str:
     return session
 
 
+# A reply written as a real model writes code: a tab, lines indented alike, a leading blank line.
+VERBATIM = "\n    def f(x):\n\treturn x\n    # 終わり"
+ASK_VERBATIM = "コードを書いてください"
+
+
+class WritesCode:
+    """The real backend, except that a reply to ``ASK_VERBATIM`` is ``VERBATIM`` (the model still runs)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def generate(self, spec, messages, options, emit, stop, **kwargs) -> object:
+        text = getattr(messages, "text", None) or json.dumps(messages, ensure_ascii=False)
+        if ASK_VERBATIM in text:
+            emit(VERBATIM)
+            return self.inner.generate(spec, messages, options, lambda _: None, stop, **kwargs)  # type: ignore[attr-defined]
+        return self.inner.generate(spec, messages, options, emit, stop, **kwargs)  # type: ignore[attr-defined]
+
+
 @pytest.fixture(scope="module")
 def door_app(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[RunningApp]:
     """Behind one proxy (addresses from X-Forwarded-For), with the default rate of events per address."""
@@ -64,11 +86,25 @@ def door_app(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iter
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("doors"), models="tiny", hub_offline=True, trusted_proxies=1, **limits
     )
-    app = launch(settings, models_dir)
+    app = launch(settings, models_dir, wrap=WritesCode)
     try:
         yield app
     finally:
         app.demo.close()
+
+
+def test_a_reply_is_shown_exactly_as_written_and_can_be_rated(door_app: RunningApp) -> None:
+    """Tabs, indentation and blank lines reach the page unchanged, and so a rating of the reply matches."""
+    session = consenting(door_app)
+    result, outputs = stream(door_app, "page_chat", page_chat(ASK_VERBATIM, 4), session)
+    assert result["success"]
+    conversation = outputs[0]
+    shown = conversation[-1]["content"]
+    assert shown == [{"type": "text", "text": VERBATIM}] or shown == VERBATIM, shown
+    liked = {"index": len(conversation) - 1, "value": shown, "liked": True}
+    rows = feedback_rows(door_app)
+    assert error_of(call(door_app, "page_rate", [conversation, None, "ja", None], session, event_data=liked)) is None
+    assert feedback_rows(door_app) == rows + 1
 
 
 # -- Stop names its reply --------------------------------------------------------------------

@@ -15,6 +15,7 @@ from webapp.chat.page import ChatPage
 from webapp.errors import user_errors
 from webapp.handlers import licence_markdown
 from webapp.i18n import say, t
+from webapp.ui.conversation import Conversation
 
 EXAMPLES = [
     "富士山について教えて",
@@ -86,7 +87,7 @@ def render(registry: Registry, availability: Availability | None = None) -> Chat
             "\n\n".join(filter(None, [licence_markdown(default, "ja"), unavailable])), elem_id="model-licence"
         )
     acknowledge = gr.Button(t("acknowledge"), visible=False, size="sm")
-    chatbot = gr.Chatbot(
+    chatbot = Conversation(
         label=t("conversation"),
         height=480,
         buttons=["copy"],
