@@ -30,6 +30,7 @@ from webapp.downloads import download_link
 from webapp.errors import user_errors
 from webapp.handlers import HISTORY_CHARS_PER_CONTEXT_TOKEN, Handlers, sampling_values
 from webapp.i18n import pick, say, t
+from webapp.ui.conversation import Conversation
 
 SIDES = ("a", "b")
 VERDICTS = {"a": arena.Verdict.A, "b": arena.Verdict.B, "tie": arena.Verdict.TIE, "both_bad": arena.Verdict.BOTH_BAD}
@@ -65,8 +66,8 @@ def render(registry: Any, availability: Any) -> CompareView:
             model_b = gr.Dropdown(choices=choices, value=second, label=t("compare_model_b"), elem_id="compare-model-b")
         blind = gr.Checkbox(label=t("compare_blind"), value=False, elem_id="compare-blind")
         with gr.Row(equal_height=True):
-            chat_a = gr.Chatbot(label="A", height=360, buttons=["copy"], elem_id="compare-a")
-            chat_b = gr.Chatbot(label="B", height=360, buttons=["copy"], elem_id="compare-b")
+            chat_a = Conversation(label="A", height=360, buttons=["copy"], elem_id="compare-a")
+            chat_b = Conversation(label="B", height=360, buttons=["copy"], elem_id="compare-b")
         with gr.Row():
             message = gr.Textbox(label=t("message"), show_label=False, placeholder=t("message_placeholder"), scale=4,
                                  max_lines=6, elem_id="compare-message")  # fmt: skip
