@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Boolean, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from db.feedback import _safe
+from db.export import csv_text
 from db.models import Base, UTCDateTime
 
 
@@ -100,13 +100,5 @@ def rows(session: Session) -> list[dict[str, Any]]:
 
 
 def to_csv(values: list[dict[str, Any]]) -> str:
-    """CSV text; cells a spreadsheet would run as formulas get a leading quote."""
-    import csv
-    import io
-
-    out = io.StringIO()
-    writer = csv.DictWriter(out, EXPORT_COLUMNS)
-    writer.writeheader()
-    for row in values:
-        writer.writerow({k: _safe(v) for k, v in row.items()})
-    return out.getvalue()
+    """CSV text; cells a spreadsheet would run as formulas are kept as text."""
+    return csv_text(EXPORT_COLUMNS, values)

@@ -1,11 +1,13 @@
-"""The access report as CSV or JSON text."""
+"""The access report as CSV or JSON text, and the one CSV writer every export uses."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -27,15 +29,23 @@ def render(session: Session, fmt: str, since: datetime | None = None) -> str:
     if fmt == "json":
         return json.dumps(rows, ensure_ascii=False, indent=2) + "\n"
     if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=REPORT_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(_spreadsheet_safe(row) for row in rows)
-        return out.getvalue()
+        return csv_text(REPORT_COLUMNS, rows)
     raise ValueError(f"unknown format {fmt!r}: use csv or json")
 
 
-def _spreadsheet_safe(row: dict[str, str]) -> dict[str, str]:
-    # Visitors type these fields: a leading = + - @ would run as a formula when
-    # an operator opens the CSV in a spreadsheet. A quote prefix keeps it text.
-    return {k: "'" + v if v[:1] in ("=", "+", "-", "@", "\t", "\r") else v for k, v in row.items()}
+def csv_text(columns: Sequence[str], rows: list[dict[str, Any]]) -> str:
+    """CSV text with a header; cells a spreadsheet would run as formulas are kept as text."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _spreadsheet_safe(v) for k, v in row.items()} for row in rows)
+    return out.getvalue()
+
+
+# Visitors type these fields: a leading = + - @ (or a tab or carriage return before one) would run as a
+# formula when an operator opens the CSV in a spreadsheet. A quote prefix keeps it text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _spreadsheet_safe(value: Any) -> Any:
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value

@@ -6,8 +6,6 @@ conversation itself is kept only when the visitor ticked the box allowing it.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -16,6 +14,7 @@ from typing import Any
 from sqlalchemy import Integer, String, Text, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from db.export import csv_text
 from db.models import Base, UTCDateTime
 
 MAX_COMMENT_CHARS = 2000
@@ -109,16 +108,5 @@ def rows(session: Session) -> list[dict[str, Any]]:
 
 
 def to_csv(values: list[dict[str, Any]]) -> str:
-    """CSV text; cells a spreadsheet would run as formulas get a leading quote."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, EXPORT_COLUMNS)
-    writer.writeheader()
-    for row in values:
-        writer.writerow({k: _safe(v) for k, v in row.items()})
-    return out.getvalue()
-
-
-def _safe(value: Any) -> Any:
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
-        return "'" + value
-    return value
+    """CSV text; cells a spreadsheet would run as formulas are kept as text."""
+    return csv_text(EXPORT_COLUMNS, values)
