@@ -3,7 +3,7 @@
 python -m db upgrade
 python -m db verify [--anchor ANCHOR]    exit 0 intact, 1 tampered, 2 cannot check
 python -m db head                        print a signed head to keep elsewhere
-python -m db erase --identity ID         erase one person's contact fields
+python -m db erase --identity ID         erase one person's contact fields and kept conversations
 python -m db erase --older-than-days N   erase contact fields stored more than N days ago
 python -m db export --format csv|json [--since DATE] [--output FILE]
 """
@@ -36,7 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("head", help="print the signed head (number, hash, time) to keep outside the database")
     era = sub.add_parser("erase", help="erase contact fields (the events stay and still verify)")
     who = era.add_mutually_exclusive_group(required=True)
-    who.add_argument("--identity", help="the identity whose contact fields to erase, as the report shows it")
+    who.add_argument(
+        "--identity",
+        help="the identity whose contact fields (and conversations kept on the server) to erase, as the report shows it",
+    )
     who.add_argument("--older-than-days", type=int, help="erase every contact field stored longer ago than this")
     exp = sub.add_parser("export", help="write the access report")
     exp.add_argument("--format", choices=["csv", "json"], default="csv")
@@ -88,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "erase":
             with sessions.begin() as session:
                 if args.identity:
-                    count = audit.erase(session, identity=args.identity, by="operator")
+                    erasure = audit.erase_person(session, identity=args.identity, by="operator")
                 else:
-                    count = audit.erase_older(session, days=args.older_than_days)
+                    erasure = audit.Erasure(audit.erase_older(session, days=args.older_than_days))
             checkpoint(engine)
-            print(f"erased {count} contact record(s)" if count else "nothing to erase")
+            print(f"erased {erasure.detail()}" if erasure else "nothing to erase")
             return 0
         with sessions() as session:
             text = export.render(session, args.format, args.since)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from db import kept
 from db.chain import GENESIS, Anchor, Keyring, commitment, iso, new_salt
 from db.models import AuditHead, Event, EventKind
 from db.models import Contact as ContactRow
@@ -148,20 +149,41 @@ def has_acknowledged(session: Session, *, identity: str, licence: str) -> bool:
 # -- erasure and retention -----------------------------------------------------------------
 
 
-def erase(session: Session, *, identity: str, by: str = "request", now: datetime | None = None) -> int:
-    """Erase every stored contact field of ``identity`` and record it; returns how many forms were erased.
+@dataclass(frozen=True)
+class Erasure:
+    """What one erasure removed: contact forms, and the conversations the account kept on the server."""
 
-    The events stay (with their commitments), so the chain still verifies.
-    Nothing is recorded when there was nothing to erase.
-    """
+    contacts: int = 0
+    conversations: int | None = None
+    """None when the account kept none on the server (no opt-in), else how many its list held."""
+
+    def __bool__(self) -> bool:
+        return bool(self.contacts) or self.conversations is not None
+
+    def detail(self) -> str:
+        """The event's words for it (never the contents)."""
+        kept_part = f", {self.conversations} kept conversation(s)" if self.conversations is not None else ""
+        return f"{self.contacts} contact record(s){kept_part}"
+
+
+def erase_person(session: Session, *, identity: str, by: str = "request", now: datetime | None = None) -> Erasure:
+    """Erase every stored contact field of ``identity`` and the conversations it kept on the server, and
+    record it (one ``erased`` event). The events stay (with their commitments), so the chain still
+    verifies. Nothing is recorded when there was nothing to erase."""
     # The head update inside ``append`` comes first: it takes the write lock before the delete reads.
     found = session.scalars(select(ContactRow.seq).where(ContactRow.identity == identity)).all()
-    if not found:
-        return 0
-    append(session, kind=EventKind.ERASED, identity=identity, now=now, reason=by[:64],
-           detail=f"{len(found)} contact record(s)")  # fmt: skip
+    erasure = Erasure(len(found), kept.count_of(session, identity))
+    if not erasure:
+        return erasure
+    append(session, kind=EventKind.ERASED, identity=identity, now=now, reason=by[:64], detail=erasure.detail())
     session.execute(delete(ContactRow).where(ContactRow.identity == identity))
-    return len(found)
+    kept.remove(session, identity)
+    return erasure
+
+
+def erase(session: Session, *, identity: str, by: str = "request", now: datetime | None = None) -> int:
+    """``erase_person``; returns how many contact forms were erased."""
+    return erase_person(session, identity=identity, by=by, now=now).contacts
 
 
 def erase_older(session: Session, *, days: int, now: datetime | None = None) -> int:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration (tests/test_audit.py holds it to the scripts). A start on a database already
 # there reads one row instead of importing Alembic, a quarter of a second of every restart.
-HEAD = "0005"
+HEAD = "0006"
 # How long a writer waits for SQLite's lock before giving up, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 

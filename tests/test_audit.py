@@ -123,7 +123,7 @@ def test_a_first_start_logs_one_line(database_url: str, caplog: pytest.LogCaptur
 def test_the_command_line_upgrade_names_each_step(tmp_path: Path) -> None:
     by_hand = run_db_cli(f"sqlite:///{tmp_path / 'audit.sqlite3'}", "upgrade")
     assert by_hand.returncode == 0 and by_hand.stdout.startswith("schema is up to date")
-    assert f"Running upgrade 0004 -> {HEAD}" in by_hand.stderr
+    assert f"Running upgrade 0005 -> {HEAD}" in by_hand.stderr
     assert by_hand.stderr.endswith(f"database schema upgraded from an empty database to {HEAD}\n")
 
 

@@ -53,3 +53,34 @@ def test_admin_erases_one_person(running_app: RunningApp) -> None:
     latest = client.predict(admin_token=ADMIN_TOKEN, limit=5, api_name="/admin_events")
     erased_row = next(r for r in latest if r["identity"] == identity and r["kind"] == "accepted")
     assert erased_row["email"] == "(消去済み / erased)"
+
+
+def test_admin_erasure_removes_conversations_kept_on_the_server(running_app: RunningApp) -> None:
+    from db import kept
+    from db.engine import make_engine, session_factory
+
+    database = running_app.settings.data_dir / "llmjp-demo.sqlite3"
+    engine = make_engine(f"sqlite:///{database}")
+    try:
+        with session_factory(engine).begin() as session:
+            kept.write(session, "hf:dave", [{"id": "0123456789ab", "title": "消される会話"}])
+            kept.write(session, "hf:erin", [{"id": "0123456789ab", "title": "残る会話"}])
+    finally:
+        engine.dispose()
+    done = running_app.client().predict(admin_token=ADMIN_TOKEN, identity="hf:dave", api_name="/admin_erase")
+    assert "Erased 0 contact record(s), 1 kept conversation(s)" in done
+    assert "サーバーに保存された会話 1 件" in done
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("SELECT identity FROM kept_conversations").fetchall() == [("hf:erin",)]
+        erased = conn.execute("SELECT reason, detail FROM events WHERE identity = 'hf:dave'").fetchall()
+    assert erased == [("admin:token", "0 contact record(s), 1 kept conversation(s)")]
+
+
+@pytest.mark.parametrize("lang", ["ja", "en"])
+def test_the_notice_says_where_conversations_are_kept(lang: str) -> None:
+    text = notice(lang, None)
+    words = {
+        "ja": ["ブラウザの中", "サーバーに保存して他の端末でも使う", "既定ではオフ", "一覧ごと削除"],
+        "en": ["your own browser", "Keep on the server and use on my other devices", "off by default"],
+    }[lang]
+    assert all(w in text for w in words), [w for w in words if w not in text]

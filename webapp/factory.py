@@ -238,6 +238,9 @@ def create_app(settings: Settings, *, backend: Backend | None = None, terms: Ter
                 "consent": Rates(settings.rate_consent, settings.rate_consent_address),
                 # Each first acceptance adds a row that stays: new identities are counted per address too.
                 "new_identity": Rates("", settings.rate_new_identity_address),
+                # Each change to conversations kept on the server rewrites the account's row: at most as
+                # often as replies may come, in a count of its own so that keeping them costs no replies.
+                "kept": Rates(settings.rate_chat, settings.rate_chat_address),
             }
         ),
         in_flight=in_flight,

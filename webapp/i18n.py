@@ -161,13 +161,31 @@ TEXTS: dict[str, tuple[str, str]] = {
     "history_delete": ("この会話を削除", "Delete this conversation"),
     "history_delete_all": ("すべての会話を削除…", "Delete all conversations…"),
     "history_delete_all_confirm": (
-        "**このブラウザに保存したすべての会話を削除しますか?** 元に戻せません。",
-        "**Delete every conversation kept in this browser?** This cannot be undone.",
+        "**このブラウザに保存したすべての会話を削除しますか?**(サーバーにも保存している場合はそちらからも)元に戻せません。",
+        "**Delete every conversation kept in this browser?** (And on the server, if they are kept there too.)"
+        " This cannot be undone.",
     ),
     "history_delete_all_yes": ("すべて削除する", "Delete all"),
     "history_where": (
-        "会話はこのブラウザの中にだけ保存され、サーバーには保存されません。",
-        "Conversations are kept in this browser only, not on the server.",
+        "会話はこのブラウザの中に保存され、サーバーには保存されません"
+        "(Hugging Face でサインインして「サーバーに保存」をオンにした場合を除く)。",
+        "Conversations are kept in this browser, not on the server"
+        ' (unless you sign in with Hugging Face and turn on "Keep on the server").',
+    ),
+    "history_server": ("サーバーに保存して他の端末でも使う", "Keep on the server and use on my other devices"),
+    "history_server_info": (
+        "あなたのアカウントで会話をサーバーに保存します。オフにするとサーバー上のコピーを削除します"
+        "(このブラウザの会話は残ります)。",
+        "Keeps your conversations on the server under your account. Turning it off deletes the server's copy"
+        " (this browser keeps its own).",
+    ),
+    "history_server_on": (
+        "会話をサーバーにも保存しました。同じアカウントでサインインした他の端末でも表示されます。",
+        "Your conversations are now kept on the server too, and show on your other devices signed in to this account.",
+    ),
+    "history_server_off": (
+        "サーバー上の会話のコピーを削除しました。このブラウザの会話は残っています。",
+        "The server's copy of your conversations was deleted. This browser keeps its own.",
     ),
     "history_none_open": ("開いている保存済みの会話がありません。", "No kept conversation is open."),
     "history_deleted_all": ("すべての会話を削除しました。", "Every conversation was deleted."),

@@ -189,15 +189,17 @@ class Admin:
             audit.admin_access(session, who=self.who(profile, credential), action=action)
 
     def admin_erase(self, admin_token: str = "", identity: str = "", profile: gr.OAuthProfile | None = None) -> str:
-        """Erase one identity's contact fields (administrators only); the erasure is itself an event."""
+        """Erase one identity's contact fields and the conversations it kept on the server (administrators
+        only); the erasure is itself an event."""
         self.require(profile, admin_token)
         if not isinstance(identity, str) or not IDENTITY.fullmatch(identity.strip()):
             raise InvalidInput("identity を指定してください。", "Give the identity to erase, as the report shows it.")
         with _audit_database():
             with self.sessions.begin() as session:
-                count = audit.erase(session, identity=identity.strip(), by=self.who(profile, admin_token))
+                erasure = audit.erase_person(session, identity=identity.strip(), by=self.who(profile, admin_token))
             checkpoint(self.sessions.kw["bind"])
-        return f"{count} 件の連絡先を消去しました。 / Erased {count} contact record(s)."
+        kept_ja = f"、サーバーに保存された会話 {erasure.conversations} 件" if erasure.conversations is not None else ""
+        return f"{erasure.contacts} 件の連絡先{kept_ja}を消去しました。 / Erased {erasure.detail()}."
 
 
 def _report_options(fmt: object, since: object) -> datetime | None:

@@ -2,7 +2,9 @@
 
 The list lives in the browser's storage (``gr.BrowserState``, as Gradio's
 ChatInterface ``save_history`` keeps it) and comes to the server only with the
-events that read or change it; the server keeps none of it. Whatever comes
+events that read or change it; the server keeps none of it, unless a
+signed-in visitor opts in to keep it there too (``db.kept``, with the same
+bounds, through ``webapp.chat.kept_server``). Whatever comes
 back from a browser is checked like any other input before it is used: a
 conversation has the same bounds as /chat's history, and the whole list is
 bounded so that it fits in one request.
@@ -18,11 +20,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from db import kept
 from inference import InvalidInput, Registry, SamplingOptions
 from webapp.chat.messages import Messages, is_note, text_of, to_history
 from webapp.handlers import HISTORY_CHARS_PER_CONTEXT_TOKEN, MAX_TURN_CHARS, MAX_TURNS, parse_history
 
-MAX_CHATS = 100
+# The server's table for signed-in visitors who opt in holds the same list, with the same bounds.
+MAX_CHATS = kept.MAX_CHATS
 # A reply's note holds its settings and the exact prompt, which is about as long as the conversation.
 MAX_NOTE_CHARS = 4 * MAX_TURN_CHARS
 # A message, its note and its reply for each turn.
@@ -32,7 +36,7 @@ MAX_VERSIONS = 20
 MAX_QUERY_CHARS = 200
 # The whole list travels with the events that change it; the app's request bound (webapp.guard, 2 MiB)
 # must hold it even in three-byte characters, with a conversation beside it.
-MAX_STORE_CHARS = 400_000
+MAX_STORE_CHARS = kept.MAX_CHARS
 CHAT_ID = re.compile(r"[0-9a-f]{12}")
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
 
@@ -183,6 +187,21 @@ def upsert(chats: list[Saved], chat: Saved) -> tuple[list[Saved], int]:
     while len(kept) > 1 and len(json.dumps(dump(kept), ensure_ascii=False)) > MAX_STORE_CHARS:
         kept.pop()
     return kept, len(others) + 1 - len(kept)
+
+
+def merge(chats: list[Saved], others: list[Saved]) -> tuple[list[Saved], int]:
+    """Both lists as one, newest first: a conversation in both is kept as it was last changed (``updated``,
+    ``chats`` winning a tie), and the oldest go while the list is too long or too big. Returns the list and how
+    many were dropped."""
+    newest: dict[str, Saved] = {}
+    for chat in [*chats, *others]:
+        if chat.id not in newest or chat.updated > newest[chat.id].updated:
+            newest[chat.id] = chat
+    # The times are ISO 8601 in UTC, all written by ``now``: as text they sort as times.
+    merged = sorted(newest.values(), key=lambda c: c.updated, reverse=True)[:MAX_CHATS]
+    while len(merged) > 1 and len(json.dumps(dump(merged), ensure_ascii=False)) > MAX_STORE_CHARS:
+        merged.pop()
+    return merged, len(newest) - len(merged)
 
 
 def matches(chat: Saved, query: str) -> bool:

@@ -1,8 +1,9 @@
 """The list of past conversations (a sidebar) and the arrows between versions: components, handlers, events.
 
-The conversations live in the visitor's browser (``webapp.chat.history``); each
-handler here checks what the browser sent and answers bad input with a
-message in Japanese and English, changing nothing.
+The conversations live in the visitor's browser (``webapp.chat.history``), and
+on the server too for a signed-in visitor who opted in (``webapp.chat.kept_server``,
+``webapp.ui.history_server``); each handler here checks what the browser sent
+and answers bad input with a message in Japanese and English, changing nothing.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from inference import InvalidInput, Registry, SamplingOptions
 from webapp.boundary import doors
 from webapp.chat import history, versions
 from webapp.chat.history import SAMPLING_KEYS, Saved
+from webapp.chat.kept_server import Change, ServerKept
 from webapp.chat.messages import Messages, plain, to_history
 from webapp.chat.page import ChatPage
 from webapp.errors import user_errors
 from webapp.handlers import HISTORY_CHARS_PER_CONTEXT_TOKEN, sampling_values
 from webapp.i18n import say, t
 from webapp.text import require_encodable, visible
+from webapp.ui import history_server
 
 PICK = re.compile(r"(\d{1,5}):(-1|1)")
 
@@ -110,6 +113,8 @@ class HistoryView:
     version_go: gr.Button
     pending: gr.State
     sidebar: gr.Sidebar
+    server: gr.Checkbox
+    account: gr.BrowserState
 
 
 def render(secret: str) -> HistoryView:
@@ -136,11 +141,20 @@ def render(secret: str) -> HistoryView:
                 with gr.Row():
                     confirm_yes = gr.Button(t("history_delete_all_yes"), size="sm", variant="stop")
                     confirm_no = gr.Button(t("withdraw_no"), size="sm")
+        # Shown only to a signed-in visitor (webapp.ui.history_server); off unless the server holds their list.
+        server = gr.Checkbox(
+            False, label=t("history_server"), info=t("history_server_info"), visible=False, elem_id="history-server"
+        )
         gr.Markdown(t("history_where"), elem_id="history-where")
     # Hidden, but named in the page's language like everything else (screen readers may still meet them).
     version_map = gr.Textbox("[]", label=t("versions"), visible="hidden", elem_id="version-map")
     version_pick = gr.Textbox("", label=t("versions"), visible="hidden", elem_id="version-pick")
     version_go = gr.Button(t("versions"), visible="hidden", elem_id="version-go")
+    # The account whose server list this browser's list last mirrored ('' when none): a browser that first
+    # meets an account keeping its list on the server adds its own conversations to it; afterwards the
+    # server's list replaces the mirror, so what was deleted elsewhere does not come back.
+    account = gr.BrowserState("", storage_key="llmjp-demo-chats-account", secret=secret)
+    account.door_bound = doors.text(120)  # type: ignore[attr-defined]  # an identity is at most 100
     # Their own bounds at the door: the list's choices change per visitor (chat ids), and the kept list is
     # larger than the small values the door allows other kept state (its JSON escapes each character at most twice).
     chats.door_bound = doors.text(64)  # type: ignore[attr-defined]  # a chat id is 12 characters
@@ -150,7 +164,7 @@ def render(secret: str) -> HistoryView:
     )
     return HistoryView(
         store, open_id, search, chats, title, rename, delete, delete_all, confirm, confirm_yes, confirm_no,
-        version_map, version_pick, version_go, gr.State(None), sidebar,
+        version_map, version_pick, version_go, gr.State(None), sidebar, server, account,
     )  # fmt: skip
 
 
@@ -171,11 +185,21 @@ def _text(value: object, limit: int, what_ja: str, what_en: str) -> str:
 
 
 class Keeper:
-    """The handlers of the list and the arrows. Nothing here writes to the server's database."""
+    """The handlers of the list and the arrows. Nothing here writes to the server's database, except through
+    ``server`` for a signed-in visitor who opted in."""
 
-    def __init__(self, page: ChatPage, registry: Registry) -> None:
+    def __init__(self, page: ChatPage, registry: Registry, server: ServerKept | None = None) -> None:
         self.page = page
         self.registry = registry
+        self.server = server
+
+    def _on_server(
+        self, request: gr.Request | None, profile: gr.OAuthProfile | None, change: Change
+    ) -> list[Saved] | None:
+        """The same change made to the server's list, when the caller keeps one there; the list as it now is."""
+        if self.server is None or (caller := self.server.account(request, profile)) is None:
+            return None
+        return self.server.change(caller, change)
 
     def _chats(self, store: object) -> list[Saved]:
         return history.check_store(store, self.registry)
@@ -193,7 +217,8 @@ class Keeper:
     def save(
         self, store: object, open_id: object, messages: object, replies: dict[str, Any], kept: dict[str, Any],
         model_id: str, temperature: float, top_p: float, top_k: int, repetition_penalty: float,
-        max_new_tokens: int, seed: object, query: object, lang: str,
+        max_new_tokens: int, seed: object, query: object, lang: str, request: gr.Request,
+        profile: gr.OAuthProfile | None,
     ) -> tuple[Any, ...]:  # fmt: skip
         """Keep the conversation as it now is, first in the list; a new one gets its id here."""
         nothing = (gr.skip(),) * 4
@@ -226,6 +251,9 @@ class Keeper:
         if len(json.dumps(history.dump(chats), ensure_ascii=False)) > history.MAX_STORE_CHARS:
             gr.Warning(say(lang, "history_too_big"), title=say(lang, "notice_title"))
             return nothing
+        on_server = self._on_server(request, profile, lambda held: history.upsert(held, chat)[0])
+        if on_server is not None:
+            chats, dropped = on_server, 0  # the server's list, with what other devices kept
         if dropped:
             gr.Info(say(lang, "history_dropped").format(n=dropped), title=say(lang, "notice_title"))
         return history.dump(chats), chat_id, self._listing(chats, query, chat_id), chat.title
@@ -302,7 +330,10 @@ class Keeper:
         """A new conversation is not in the list until it has a reply."""
         return "", {}, gr.Radio(value=None), "", "[]"
 
-    def rename(self, open_id: object, title: object, store: object, query: object, lang: str) -> tuple[Any, ...]:
+    def rename(
+        self, open_id: object, title: object, store: object, query: object, lang: str, request: gr.Request,
+        profile: gr.OAuthProfile | None,
+    ) -> tuple[Any, ...]:  # fmt: skip
         """Rename the open conversation."""
         try:
             chats = self._chats(store)
@@ -318,10 +349,19 @@ class Keeper:
             gr.Info(say(lang, "history_none_open"), title=say(lang, "notice_title"))
             return gr.skip(), gr.skip()
         chat.title, chat.renamed = name, True
+
+        def renamed(held: list[Saved]) -> list[Saved]:
+            return [c.model_copy(update={"title": name, "renamed": True}) if c.id == chat.id else c for c in held]
+
+        on_server = self._on_server(request, profile, renamed)
+        chats = chats if on_server is None else on_server
         return history.dump(chats), self._listing(chats, query, chat.id)
 
-    def delete(self, open_id: object, store: object, query: object, lang: str, request: gr.Request) -> tuple[Any, ...]:
-        """Delete the open conversation from this browser; the chat starts afresh."""
+    def delete(
+        self, open_id: object, store: object, query: object, lang: str, request: gr.Request,
+        profile: gr.OAuthProfile | None,
+    ) -> tuple[Any, ...]:  # fmt: skip
+        """Delete the open conversation from this browser (and the server); the chat starts afresh."""
         nothing = (gr.skip(),) * 8
         try:
             chats = self._chats(store)
@@ -332,12 +372,14 @@ class Keeper:
         if not any(c.id == open_id for c in chats):
             gr.Info(say(lang, "history_none_open"), title=say(lang, "notice_title"))
             return nothing
+        on_server = self._on_server(request, profile, lambda held: [c for c in held if c.id != open_id])
         self.page.streams.cancel(request)
-        kept = [c for c in chats if c.id != open_id]
+        kept = [c for c in (chats if on_server is None else on_server) if c.id != open_id]
         return history.dump(kept), "", [], {}, {}, self._listing(kept, query, None), "", "[]"
 
-    def delete_all(self, lang: str, request: gr.Request) -> tuple[Any, ...]:
-        """Delete every kept conversation from this browser."""
+    def delete_all(self, lang: str, request: gr.Request, profile: gr.OAuthProfile | None) -> tuple[Any, ...]:
+        """Delete every kept conversation from this browser (and from the server: the option stays on)."""
+        self._on_server(request, profile, lambda held: [])
         self.page.streams.cancel(request)
         gr.Info(say(lang, "history_deleted_all"), title=say(lang, "notice_title"))
         return [], "", [], {}, {}, gr.Radio(choices=[], value=None), "", "[]", gr.Group(visible=False)
@@ -405,6 +447,7 @@ def wire(
     lang: gr.Component,
     model_event: Any,
     loaded: Any,
+    sync: history_server.ServerSync | None = None,
 ) -> None:
     """The list's and the arrows' events; ``model_event`` is the chat's model change, to follow, and ``loaded``
     the page's first event, which opens the chat tab."""
@@ -451,7 +494,17 @@ def wire(
     # starts a new one (the list has the others). Once the chat tab is open, as Gradio mounts what an
     # unselected tab holds only when it is shown, with the values it was built with (a frame later: hence
     # the short wait).
-    loaded.then(None, js="() => new Promise((done) => setTimeout(done, 150))", **private).then(
+    arrived = loaded.then(None, js="() => new Promise((done) => setTimeout(done, 150))", **private)
+    if sync is not None:
+        # A signed-in visitor's option, and their server list in place of this browser's, before a reopen.
+        arrived = arrived.then(
+            user_errors(sync.load),
+            [view.store, view.account, lang],
+            [view.server, view.store, view.account],
+            api_name="page_history_server_load",
+            **private,
+        )
+    arrived.then(
         user_errors(keeper.restore),
         [view.open_id, *open_inputs],
         opened,
@@ -481,6 +534,11 @@ def wire(
     model_event.then(
         keeper.apply_pending, view.pending, [*controls, view.pending], api_name="page_history_sampling", **private
     )
+    if sync is not None:
+        history_server.wire(
+            view, sync, lang=lang, listed=(user_errors(keeper.listed), [view.store, view.search, view.open_id, lang],
+                                           view.chats),
+        )  # fmt: skip
     view.search.change(
         user_errors(keeper.listed),
         [view.store, view.search, view.open_id, lang],

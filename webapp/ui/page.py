@@ -14,6 +14,7 @@ from inference import Registry
 from webapp.admin.audit import EVENT_COLUMNS, Admin
 from webapp.admin.ratings import Ratings
 from webapp.boundary.guard import Guard
+from webapp.chat.kept_server import ServerKept
 from webapp.chat.page import ChatPage
 from webapp.errors import user_errors
 from webapp.gate import privacy
@@ -25,6 +26,7 @@ from webapp.ui import chat as ui_chat
 from webapp.ui import compare
 from webapp.ui import history as ui_history
 from webapp.ui import terms as ui_terms
+from webapp.ui.history_server import ServerSync
 
 TITLE = "LLM-jp チャット / LLM-jp Chat"
 
@@ -294,9 +296,14 @@ def build(
         model_event.then(
             user_errors(page_state), state_inputs, state_outputs, api_name="page_model_state", **state_group
         )
-        # Past conversations and versions: kept in the visitor's browser, never on the server.
-        keeper = ui_history.Keeper(chat_page, registry)
-        ui_history.wire(kept, chat, keeper, demo=demo, lang=lang, model_event=model_event, loaded=loaded)
+        # Past conversations and versions: kept in the visitor's browser, and on the server only for a
+        # signed-in visitor who opts in.
+        server_kept = ServerKept(handlers, sessions, registry)
+        keeper = ui_history.Keeper(chat_page, registry, server_kept)
+        ui_history.wire(
+            kept, chat, keeper, demo=demo, lang=lang, model_event=model_event, loaded=loaded,
+            sync=ServerSync(server_kept, registry),
+        )  # fmt: skip
         # Compare: two replies through the same gate and limits as /chat.
         compare.wire(duel, compare.Compare(handlers, sessions), chat=chat, lang=lang, receipt=receipt)
 
