@@ -2,7 +2,7 @@
 
 import logging
 
-from webapp.boundary.serving import limit_connections
+from webapp.boundary.serving import limit_connections, trim_overheads
 from webapp.factory import create_app
 from webapp.settings import Settings
 from webapp.ui.page import launch_options
@@ -24,4 +24,5 @@ if __name__ == "__main__":
         header_timeout_s=settings.header_timeout_s,
         keep_alive_s=settings.keep_alive_s,
     )
+    trim_overheads(demo)
     demo.block_thread()

@@ -125,6 +125,7 @@ GENEROUS_LIMITS = {
 def launch(settings: object, models_dir: Path, wrap: Callable | None = None, **kwargs: object) -> RunningApp:
     """Build and launch the real app for ``settings`` on a free port; ``wrap`` may wrap its backend."""
     from inference.local.backend import TransformersBackend
+    from webapp.boundary.serving import trim_overheads
     from webapp.factory import create_app
     from webapp.ui.page import launch_options
 
@@ -132,6 +133,7 @@ def launch(settings: object, models_dir: Path, wrap: Callable | None = None, **k
     demo = create_app(settings, backend=wrap(backend) if wrap else backend, **kwargs)  # type: ignore[arg-type]
     demo.queue(default_concurrency_limit=4)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **launch_options(settings))
+    trim_overheads(demo)
     return RunningApp(url, settings, backend, demo)
 
 
