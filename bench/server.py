@@ -29,6 +29,21 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def idle_cpu(pid: int, seconds: float = 3.0, settle: float = 8.0) -> float:
+    """Share of one core a process uses at rest, over ``seconds`` after ``settle`` (the app imports its
+    model libraries in the background for a few seconds after it answers)."""
+    time.sleep(settle)
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def used() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    before = used()
+    time.sleep(seconds)
+    return (used() - before) / seconds
+
+
 @dataclass
 class Server:
     """A running server process and how long it took to answer."""
