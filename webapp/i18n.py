@@ -198,6 +198,11 @@ TEXTS: dict[str, tuple[str, str]] = {
         "両方の返答が揃いました。良い方に投票してください。",
         "Both replies are in: vote for the better one.",
     ),
+    "compare_stopped": ("■ 停止しました。", "■ Stopped."),
+    "compare_stopped_vote": (
+        "■ 停止しました。ここまでの返答で投票することもできます。",
+        "■ Stopped. You may still vote on the replies as far as they got.",
+    ),
     "compare_nothing": ("投票できる比較がまだありません。", "There is no comparison to vote on yet."),
     "compare_thanks": (
         "投票を記録しました。A は {a}、B は {b} でした。",

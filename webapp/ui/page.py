@@ -90,7 +90,7 @@ html[lang^="ja"] .toast-title.success::before { content: "完了"; }
 FONTS = ["Noto Sans CJK JP", "Noto Sans JP", "Hiragino Sans", "Yu Gothic", "Meiryo", "system-ui", "sans-serif"]
 
 
-CSS += ui_history.CSS
+CSS += ui_history.CSS + compare.CSS
 
 
 def launch_options(settings: Settings | None = None) -> dict[str, Any]:
