@@ -210,6 +210,8 @@ TEXTS: dict[str, tuple[str, str]] = {
     ),
     "arena_ranking": ("比較の順位(Bradley-Terry、95% 信頼区間)", "Compare ranking (Bradley-Terry, 95% intervals)"),
     "versions": ("版", "Versions"),
+    "version_prev": ("前の版", "Previous version"),
+    "version_next": ("次の版", "Next version"),
     "history_too_big": (
         "この会話は大きすぎるため、ブラウザに保存できません。",
         "This conversation is too large to keep in the browser.",
