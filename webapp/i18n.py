@@ -152,6 +152,9 @@ TEXTS: dict[str, tuple[str, str]] = {
     "card_value": ("モデルカードの値", "model card's value"),
     "rated_up": ("高評価", "Liked"),
     "rated_down": ("低評価", "Disliked"),
+    # Gradio's own names of a pressed like or dislike button, which it gives in English only.
+    "liked_button": ("高評価しました", "Liked"),
+    "disliked_button": ("低評価しました", "Disliked"),
     # Past conversations (kept in this browser) and versions
     "history_heading": ("### 会話の履歴", "### Conversations"),
     "history_search": ("会話を検索", "Search conversations"),

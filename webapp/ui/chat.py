@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ LATEX: list[dict[str, str | bool]] = [
 # shows and hides it there, so it is never moved); while it shows, it is drawn over the conversation just
 # under the rated reply's buttons, and a spacer of its height there pushes the later messages down, so it
 # covers none of them. It scrolls with the conversation, clipped to it; the message box stays where it is.
+_PRESSED = {"Liked": "liked_button", "Disliked": "disliked_button"}
 RATING_JS = """
 () => {
   if (window.llmjpRatingBeside) return;
@@ -59,7 +61,7 @@ RATING_JS = """
         group.style.removeProperty('top'); group.style.removeProperty('left');
         group.style.removeProperty('width'); group.style.removeProperty('clip-path');
       }
-      return;
+      return false;
     }
     if (!spacer) { spacer = document.createElement('div'); spacer.className = 'rating-spacer'; }
     if (buttons.nextElementSibling !== spacer) buttons.after(spacer);
@@ -87,9 +89,10 @@ RATING_JS = """
     group.style.width = `${now.width - 16}px`;
     const clipTop = Math.max(0, area.top - now.top), clipBottom = Math.max(0, now.top + height - area.bottom);
     group.style.clipPath = `inset(${clipTop}px 0 ${clipBottom}px 0)`;
+    return true;
   };
-  // Gradio names a pressed like or dislike in English only.
-  const said = { Liked: ['高評価しました', 'Liked'], Disliked: ['低評価しました', 'Disliked'] };
+  // Gradio names a pressed like or dislike in English only ("Liked", "Disliked").
+  const said = __PRESSED__;
   const relabel = () => {
     const ja = document.documentElement.lang.startsWith('ja') ? 0 : 1;
     for (const b of document.querySelectorAll('#chatbot .message-buttons button[aria-label]')) {
@@ -101,10 +104,12 @@ RATING_JS = """
       }
     }
   };
-  const loop = () => { place(); relabel(); requestAnimationFrame(loop); };
-  requestAnimationFrame(loop);
+  // Every frame while the comment shows (it follows the conversation's scrolling), else now and then.
+  let following = false;
+  const follow = () => { following = place(); if (following) requestAnimationFrame(follow); };
+  setInterval(() => { relabel(); if (!following) follow(); }, 150);
 }
-"""
+""".replace("__PRESSED__", json.dumps({word: [say("ja", key), say("en", key)] for word, key in _PRESSED.items()}))
 
 
 @dataclass
