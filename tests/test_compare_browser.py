@@ -3,11 +3,13 @@ their revisions and sampling, a random pair is named only after the vote, and th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -173,3 +175,60 @@ def test_stop_ends_both_replies_and_the_next_round_works(
     expect(page.locator("#compare-result")).to_contain_text("両方の返答が揃いました", timeout=60_000)
     assert len(votes(app)) == before
     context.close()
+
+
+def test_a_late_stop_ends_no_other_round(browser, app: RunningApp, lingering: Lingering) -> None:
+    """A Stop names the round it was pressed for: one that arrives after that round ended (naming it) leaves
+    the next round running, and no other visitor can stop a round."""
+    from playwright.sync_api import expect
+
+    # The app's own compare handlers, to see which rounds are running (their ids are in no visible text).
+    compare = next(f.fn for f in app.demo.fns.values() if f.api_name == "page_compare_stop").__self__
+    context = browser.new_context(locale="ja-JP", viewport=LAPTOP)
+    page = context.new_page()
+    page.goto(app.url, wait_until="load")
+    accept(page)
+    set_slider(page, "max_new_tokens", 16)
+    page.locator("#compare").get_by_text("比較(2 つのモデルに同じメッセージ)").click()
+    stop = page.locator("#compare-stop")
+    lingering.linger.set()
+    try:
+        rounds = []
+        for text in ("一回目", "二回目"):
+            page.locator("#compare-message textarea").fill(text)
+            page.locator("#compare-send").click()
+            expect(stop).to_be_visible(timeout=20_000)
+            ((rid, (session, stopped)),) = compare._stops.items()
+            rounds.append((rid, session, stopped))
+            if text == "一回目":
+                stop.click()
+                expect(page.locator("#compare-send")).to_be_visible(timeout=5_000)
+        (first, session, _), (second, again, running) = rounds
+        assert again == session and second != first
+
+        def pressed_for(rid: str) -> list[dict]:
+            # The columns as the page sends them while that round's notes are pending.
+            note = {"title": "生成中…", "id": rid, "status": "pending"}
+            return [
+                {"role": "user", "content": [{"type": "text", "text": "一回目"}]},
+                {"role": "assistant", "content": [], "metadata": note},
+            ]
+
+        # Stop's own handler, run on the server's loop as the event would run it: a raw request in the page's
+        # session would take the page's event stream from it, so the caller is a stand-in with its session.
+        def stop_as(who: str, rid: str) -> None:
+            late = compare.stop(pressed_for(rid), pressed_for(rid), SimpleNamespace(session_hash=who))
+            asyncio.run_coroutine_threadsafe(late, running._loop).result(timeout=10)
+
+        stop_as(session, first)  # the first round's Stop, arriving late: the second round goes on
+        stop_as("another-visitor", second)  # another visitor naming the second round: it goes on
+        page.wait_for_timeout(500)
+        assert not running.is_set()
+        expect(stop).to_be_visible()
+        # Its own Stop ends it.
+        stop.click()
+        expect(page.locator("#compare-a").get_by_text("停止しました")).to_have_count(2, timeout=5_000)
+        assert running.is_set() and not compare._stops
+    finally:
+        lingering.linger.clear()
+        context.close()
