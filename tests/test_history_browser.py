@@ -208,3 +208,53 @@ def test_the_list_folds_away_on_a_phone(browser, app: RunningApp) -> None:
         page.screenshot(path=str(ARTIFACTS / "history-phone.png"))
     finally:
         context.close()
+
+
+def overlap(a: dict, b: dict) -> bool:
+    return not (
+        a["x"] + a["width"] <= b["x"]
+        or b["x"] + b["width"] <= a["x"]
+        or a["y"] + a["height"] <= b["y"]
+        or b["y"] + b["height"] <= a["y"]
+    )
+
+
+def test_version_arrows_on_a_phone(browser, app: RunningApp) -> None:
+    from playwright.sync_api import expect
+
+    context, page = visitor(browser, app, PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
+    chatbot = page.locator("#chatbot")
+    try:
+        ask(page, "瀬戸内海について")
+        ask(page, "島の数は")
+        chatbot.get_by_role("button", name="編集").first.tap()
+        chatbot.locator("textarea").first.fill("瀬戸内海の広さは?")
+        chatbot.get_by_role("button", name=re.compile("送信|Submit|Save|保存")).first.tap()
+        expect(chatbot.locator('[data-testid="user"]')).to_have_count(1, timeout=15_000)
+        wait_idle(page)
+        nav = arrows(page).first
+        expect(nav).to_contain_text("2/2", timeout=10_000)
+        # Visible, clear of the message and its buttons, on the screen, and big enough for a finger.
+        nav.scroll_into_view_if_needed()
+        expect(nav).to_be_in_viewport()
+        box = nav.bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+        first = chatbot.locator(".message-row.user-row").first
+        for other in (first.locator('[data-testid="user"]'), chatbot.locator(".message-buttons").first):
+            other_box = other.bounding_box()
+            assert other_box and not overlap(box, other_box), (box, other_box)
+        page.screenshot(path=str(ARTIFACTS / "versions-phone.png"))
+        for button in nav.get_by_role("button").all():
+            size = button.bounding_box()
+            assert size and size["width"] >= 32 and size["height"] >= 32, size
+        page.screenshot(path=str(ARTIFACTS / "versions-phone.png"))
+        # A tap on ‹ brings back version 1 and the conversation below it.
+        nav.get_by_role("button", name="前の版").tap()
+        expect(chatbot.locator('[data-testid="user"]')).to_have_count(2, timeout=10_000)
+        assert user_turns(page) == ["瀬戸内海について", "島の数は"]
+        expect(arrows(page).first).to_contain_text("1/2")
+        arrows(page).first.get_by_role("button", name="次の版").tap()
+        expect(chatbot.locator('[data-testid="user"]')).to_have_count(1, timeout=10_000)
+        assert user_turns(page) == ["瀬戸内海の広さは?"]
+    finally:
+        context.close()

@@ -152,6 +152,9 @@ TEXTS: dict[str, tuple[str, str]] = {
     "card_value": ("モデルカードの値", "model card's value"),
     "rated_up": ("高評価", "Liked"),
     "rated_down": ("低評価", "Disliked"),
+    # Gradio's own names of a pressed like or dislike button, which it gives in English only.
+    "liked_button": ("高評価しました", "Liked"),
+    "disliked_button": ("低評価しました", "Disliked"),
     # Past conversations (kept in this browser) and versions
     "history_heading": ("### 会話の履歴", "### Conversations"),
     "history_search": ("会話を検索", "Search conversations"),
@@ -216,6 +219,11 @@ TEXTS: dict[str, tuple[str, str]] = {
         "両方の返答が揃いました。良い方に投票してください。",
         "Both replies are in: vote for the better one.",
     ),
+    "compare_stopped": ("■ 停止しました。", "■ Stopped."),
+    "compare_stopped_vote": (
+        "■ 停止しました。ここまでの返答で投票することもできます。",
+        "■ Stopped. You may still vote on the replies as far as they got.",
+    ),
     "compare_nothing": ("投票できる比較がまだありません。", "There is no comparison to vote on yet."),
     "compare_thanks": (
         "投票を記録しました。A は {a}、B は {b} でした。",
@@ -223,6 +231,8 @@ TEXTS: dict[str, tuple[str, str]] = {
     ),
     "arena_ranking": ("比較の順位(Bradley-Terry、95% 信頼区間)", "Compare ranking (Bradley-Terry, 95% intervals)"),
     "versions": ("版", "Versions"),
+    "version_prev": ("前の版", "Previous version"),
+    "version_next": ("次の版", "Next version"),
     "history_too_big": (
         "この会話は大きすぎるため、ブラウザに保存できません。",
         "This conversation is too large to keep in the browser.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,84 @@ LATEX: list[dict[str, str | bool]] = [
     {"left": "\\[", "right": "\\]", "display": True},
     {"left": "\\(", "right": "\\)", "display": False},
 ]
+
+
+# The rating comment opens beside the reply it is about. Gradio keeps the group where it was built (it
+# shows and hides it there, so it is never moved); while it shows, it is drawn over the conversation just
+# under the rated reply's buttons, and a spacer of its height there pushes the later messages down, so it
+# covers none of them. It scrolls with the conversation, clipped to it; the message box stays where it is.
+_PRESSED = {"Liked": "liked_button", "Disliked": "disliked_button"}
+RATING_JS = """
+() => {
+  if (window.llmjpRatingBeside) return;
+  window.llmjpRatingBeside = true;
+  let buttons = null, slot = -1, spacer = null, shownFor = null, openedAt = 0, lastHeight = 0;
+  const rows = () => [...document.querySelectorAll('#chatbot .message-buttons')];
+  document.addEventListener('click', (e) => {
+    const row = e.target instanceof Element ? e.target.closest('#chatbot .message-buttons') : null;
+    if (row) { buttons = row; slot = rows().indexOf(row); }
+  }, true);
+  const place = () => {
+    const group = document.querySelector('#rating-comment');
+    const wrap = document.querySelector('#chatbot .bubble-wrap');
+    if (buttons && !buttons.isConnected) buttons = rows()[slot] || null;
+    if (!group || !wrap || !buttons) {
+      // Its reply is gone (a new chat): the group is drawn where it was built, under the conversation.
+      spacer?.remove(); spacer = null; shownFor = null;
+      if (group?.classList.contains('rating-beside')) {
+        group.classList.remove('rating-beside');
+        group.style.removeProperty('top'); group.style.removeProperty('left');
+        group.style.removeProperty('width'); group.style.removeProperty('clip-path');
+      }
+      return false;
+    }
+    if (!spacer) { spacer = document.createElement('div'); spacer.className = 'rating-spacer'; }
+    if (buttons.nextElementSibling !== spacer) buttons.after(spacer);
+    group.classList.add('rating-beside');
+    const height = group.offsetHeight;
+    spacer.style.height = `${height + 8}px`;
+    if (height !== lastHeight) { lastHeight = height; openedAt = performance.now(); }  // still being drawn
+    // What shows of the conversation: the pinned message box may cover its lower edge.
+    const box = wrap.getBoundingClientRect(), composer = document.querySelector('#composer');
+    const area = { top: Math.max(box.top, 0), bottom: Math.min(box.bottom, composer ? composer.getBoundingClientRect().top : innerHeight) };
+    const at = spacer.getBoundingClientRect();
+    if (shownFor !== group || buttons.dataset.rated !== '1') {
+      shownFor = group; openedAt = performance.now();
+      rows().forEach((r) => delete r.dataset.rated); buttons.dataset.rated = '1';
+    }
+    // Just opened (or moved to another reply): brought wholly into the conversation's view, the reply
+    // above it as far as it fits; for a moment, as the chatbot may still scroll itself to its end.
+    if (performance.now() - openedAt < 800) {
+      if (at.bottom > area.bottom) wrap.scrollTop += at.bottom - area.bottom + 4;
+      else if (at.top - height < area.top) wrap.scrollTop -= Math.min(area.top - (at.top - height), area.bottom - at.bottom);
+    }
+    const now = spacer.getBoundingClientRect();
+    group.style.top = `${now.top}px`;
+    group.style.left = `${now.left + 8}px`;
+    group.style.width = `${now.width - 16}px`;
+    const clipTop = Math.max(0, area.top - now.top), clipBottom = Math.max(0, now.top + height - area.bottom);
+    group.style.clipPath = `inset(${clipTop}px 0 ${clipBottom}px 0)`;
+    return true;
+  };
+  // Gradio names a pressed like or dislike in English only ("Liked", "Disliked").
+  const said = __PRESSED__;
+  const relabel = () => {
+    const ja = document.documentElement.lang.startsWith('ja') ? 0 : 1;
+    for (const b of document.querySelectorAll('#chatbot .message-buttons button[aria-label]')) {
+      const name = b.getAttribute('aria-label');
+      const key = Object.keys(said).find((k) => said[k].includes(name));
+      if (key && name !== said[key][ja]) {
+        b.setAttribute('aria-label', said[key][ja]);
+        if (b.hasAttribute('title')) b.setAttribute('title', said[key][ja]);
+      }
+    }
+  };
+  // Every frame while the comment shows (it follows the conversation's scrolling), else now and then.
+  let following = false;
+  const follow = () => { following = place(); if (following) requestAnimationFrame(follow); };
+  setInterval(() => { relabel(); if (!following) follow(); }, 150);
+}
+""".replace("__PRESSED__", json.dumps({word: [say("ja", key), say("en", key)] for word, key in _PRESSED.items()}))
 
 
 @dataclass
@@ -99,7 +178,7 @@ def render(registry: Registry, availability: Availability | None = None) -> Chat
         latex_delimiters=LATEX,
         elem_id="chatbot",
     )
-    # The rating comment opens right under the conversation, above the message box.
+    # The rating comment: moved beside the rated reply as it opens (RATING_JS).
     with gr.Group(visible=False, elem_id="rating-comment") as feedback_group:
         target = gr.Markdown("")
         comment = gr.Textbox(label=t("feedback_comment"), lines=2, max_lines=6)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from inference.progress import Finished
 from webapp.admin import arena_rank
 from webapp.admin.audit import Admin
 from webapp.chat import history
-from webapp.chat.messages import short_name, to_history
+from webapp.chat.messages import Messages, note, note_id, short_name, to_history
 from webapp.downloads import download_link
 from webapp.errors import user_errors
 from webapp.handlers import HISTORY_CHARS_PER_CONTEXT_TOKEN, Handlers, sampling_values
@@ -34,6 +35,11 @@ from webapp.ui.conversation import Conversation
 
 SIDES = ("a", "b")
 VERDICTS = {"a": arena.Verdict.A, "b": arena.Verdict.B, "tie": arena.Verdict.TIE, "both_bad": arena.Verdict.BOTH_BAD}
+# Send becomes Stop while either column shows a pending note (its spinner), as in the chat (ui.page.CSS).
+CSS = """
+body:has(#compare .loading-spinner) #compare-send, body:not(:has(#compare .loading-spinner)) #compare-stop {
+  display: none !important; }
+"""
 RANK_COLUMNS = ["rank", "model_id", "score", "ci_low", "ci_high", "win_rate", "votes", "wins", "losses", "ties",
                 "both_bad"]  # fmt: skip
 
@@ -47,6 +53,7 @@ class CompareView:
     chat_b: gr.Chatbot
     message: gr.Textbox
     send: gr.Button
+    stop: gr.Button
     votes: list[gr.Button]
     share: gr.Checkbox
     result: gr.Markdown
@@ -72,6 +79,7 @@ def render(registry: Any, availability: Any) -> CompareView:
             message = gr.Textbox(label=t("message"), show_label=False, placeholder=t("message_placeholder"), scale=4,
                                  max_lines=6, elem_id="compare-message")  # fmt: skip
             send = gr.Button(t("compare_send"), variant="primary", scale=1, min_width=0, elem_id="compare-send")
+            stop = gr.Button(t("stop"), variant="stop", scale=1, min_width=0, elem_id="compare-stop")
         with gr.Row():
             votes = [
                 gr.Button(t(f"compare_vote_{key}"), size="sm", min_width=0, elem_id=f"compare-vote-{key}")
@@ -87,6 +95,7 @@ def render(registry: Any, availability: Any) -> CompareView:
         chat_b,
         message,
         send,
+        stop,
         votes,
         share,
         result,
@@ -98,6 +107,10 @@ def _notice(lang: str | None, exc: AppError) -> None:
     gr.Warning(pick(lang, exc.ja, exc.en), title=say(lang, "notice_title"))
 
 
+def _key(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "anonymous"
+
+
 class Compare:
     """The compare mode's handlers; a round's facts live in the session's state, made here."""
 
@@ -105,6 +118,8 @@ class Compare:
         self.handlers = handlers
         self.sessions = sessions
         self.registry = handlers.inference.registry
+        self._stops: dict[str, tuple[str, asyncio.Event]] = {}
+        """Rounds now streaming, by id: whose they are, and the flag their Stop sets."""
 
     def _pair(self, a: object, b: object, blind: bool, duel: dict[str, Any] | None) -> tuple[str, str]:
         if blind:
@@ -163,20 +178,34 @@ class Compare:
         labels = ("A", "B") if blind_now else tuple(short_name(self.registry.get(m).label) for m in pair)
         round_: dict[str, Any] = {"a": pair[0], "b": pair[1], "blind": blind_now, "voted": False, "done": False,
                   "sampling": SamplingOptions.parse(**sampling).model_dump(), "revision": {}}  # fmt: skip
-        texts = ["", ""]
+        # The round's id travels in each column's pending note: a Stop names it, so a Stop that arrives
+        # late cannot end the next round.
+        rid, stopped = secrets.token_urlsafe(12), asyncio.Event()
+        self._stops[rid] = (_key(request), stopped)
+        texts, ended = ["", ""], [False, False]
         user = {"role": "user", "content": message}
-        generating = say(lang, "generating")
+        generating, halted = say(lang, "generating"), False
 
-        def view(done: bool, box: Any = None) -> tuple[Any, ...]:
+        def view(box: Any = None) -> tuple[Any, ...]:
             sides = []
-            for past, text, label in zip(shown, texts, labels, strict=True):
-                turns: list[Any] = [*past, user, {"role": "assistant", "content": text or ("" if done else generating)}]
+            for i, (past, text, label) in enumerate(zip(shown, texts, labels, strict=True)):
+                turns: list[Any] = [*past, user]
+                if not ended[i]:
+                    # No model name in the note: a drawn pair stays unnamed until the vote.
+                    turns.append(note(rid, say(lang, "stopped") if halted else generating, "", pending=not halted))
+                if text:
+                    turns.append({"role": "assistant", "content": text})
                 sides.append(gr.Chatbot(turns, label=label))
-            # The result line: emptied as a round starts, asking for the vote once both replies are in.
-            said = "" if box == "" else say(lang, "compare_vote_now") if done and round_["done"] else gr.skip()
+            # The result line: emptied as a round starts; once both replies are in (or stopped), what next.
+            said: Any = gr.skip()
+            if box == "":
+                said = ""
+            elif halted:
+                said = say(lang, "compare_stopped_vote" if round_["done"] else "compare_stopped")
+            elif all(ended):
+                said = say(lang, "compare_vote_now") if round_["done"] else ""
             return (*sides, gr.skip() if box is None else box, round_, said, gr.skip(), gr.skip())
 
-        yield view(False, "")  # admitted: the box empties, the last round's result goes
         queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
 
         async def pump(i: int) -> None:
@@ -188,13 +217,24 @@ class Compare:
             finally:
                 await queue.put((i, None))
 
+        async def stopper() -> None:
+            await stopped.wait()
+            await queue.put((-1, None))
+
         tasks = [asyncio.create_task(pump(i)) for i in range(2)]
-        open_streams, failed = 2, False
+        tasks.append(asyncio.create_task(stopper()))
+        failed = False
         try:
-            while open_streams:
+            yield view("")  # admitted: the box empties, the last round's result goes
+            while not all(ended):
                 i, item = await queue.get()
+                if i < 0:
+                    halted = True
+                    break
                 if item is None:
-                    open_streams -= 1
+                    ended[i] = True
+                    if not all(ended):
+                        yield view()
                 elif isinstance(item, Exception):
                     failed = True
                     _notice(lang, item) if isinstance(item, AppError) else gr.Warning(say(lang, "error_title"))
@@ -202,18 +242,37 @@ class Compare:
                     round_["revision"][SIDES[i]] = item.revision
                 elif isinstance(item, str):
                     texts[i] += item
-                    yield view(False)
+                    yield view()
         finally:
+            self._stops.pop(rid, None)
+            # Stopped or gone: both replies end, each giving back its place in the lane and the caller's slot.
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+            for stream in streams:  # one whose task never began still holds its slot
+                await stream.aclose()
+        # A stopped round keeps what each column had; the visitor may still vote on it, and nothing is
+        # stored unless they do.
         round_["done"] = not failed and all(texts)
         # Nothing typed is lost: a round that failed puts the message back in the box.
-        yield view(True, message if failed else None)
+        yield view(message if failed else None)
         # Gradio sends a generator's last value once more as the event ends, possibly after the vote: so the
         # last value changes nothing (the vote's naming of the models stays).
         yield skip
+
+    async def stop(self, chat_a: Messages | None, chat_b: Messages | None, request: gr.Request) -> None:
+        """The Stop button: ends the round pending in the columns it was pressed on, and no other.
+
+        Never waits in Gradio's queue, as it only sets a flag; a round that has already ended is not
+        found, and a round of another visitor is not theirs to stop.
+        """
+        for messages in (chat_a, chat_b):
+            for m in messages if isinstance(messages, list) else []:
+                if isinstance(m, dict) and (m.get("metadata") or {}).get("status") == "pending":
+                    running = self._stops.get(note_id(m) or "")
+                    if running is not None and running[0] == _key(request):
+                        running[1].set()
 
     def vote(
         self, verdict: str, duel: dict[str, Any] | None, share: bool, chat_a: object, chat_b: object, lang: str,
@@ -303,6 +362,17 @@ def wire(view: CompareView, compare: Compare, *, chat: Any, lang: gr.Component, 
         api_name="page_compare",
         concurrency_limit=None,
         show_progress="hidden",
+        **private,
+    )
+    # As the chat's Stop: never queued, only sets a flag; "multiple", so a click is never dropped while the
+    # last one's event is still on its way back. The columns as shown name the round it was pressed for.
+    view.stop.click(
+        compare.stop,
+        [view.chat_a, view.chat_b],
+        None,
+        api_name="page_compare_stop",
+        concurrency_limit=None,
+        trigger_mode="multiple",
         **private,
     )
     for key, button in zip(VERDICTS, view.votes, strict=True):

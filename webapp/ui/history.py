@@ -32,10 +32,13 @@ PICK = re.compile(r"(\d{1,5}):(-1|1)")
 
 # Arrows beside each user message that has versions, drawn in the browser from the map the server writes
 # into a hidden box; a click names the fork and the step, and presses the hidden button that asks the server.
+_ARROW_NAMES = {lang: [say(lang, "version_prev"), say(lang, "version_next")] for lang in ("ja", "en")}
 ARROWS_JS = """
 () => {
   if (window.llmjpVersions) return;
   window.llmjpVersions = true;
+  const NAMES = __NAMES__;
+  const lang = () => (document.documentElement.lang.startsWith('ja') ? 'ja' : 'en');
   const draw = () => {
     const box = document.querySelector('#version-map textarea');
     const chat = document.querySelector('#chatbot');
@@ -47,7 +50,7 @@ ARROWS_JS = """
     chat.querySelectorAll('.version-arrows').forEach((nav) => {
       const m = want.get(Number(nav.dataset.user));
       const row = rows[Number(nav.dataset.user)];
-      if (!m || nav.parentElement !== row || nav.dataset.sig !== `${m.index}:${m.shown}/${m.count}`) nav.remove();
+      if (!m || nav.parentElement !== row || nav.dataset.sig !== `${m.index}:${m.shown}/${m.count}:${lang()}`) nav.remove();
     });
     for (const m of marks) {
       const row = rows[m.user];
@@ -55,11 +58,11 @@ ARROWS_JS = """
       const nav = document.createElement('div');
       nav.className = 'version-arrows';
       nav.dataset.user = String(m.user);
-      nav.dataset.sig = `${m.index}:${m.shown}/${m.count}`;
-      const ja = document.documentElement.lang.startsWith('ja');
+      nav.dataset.sig = `${m.index}:${m.shown}/${m.count}:${lang()}`;
+      const said = NAMES[lang()];
       const button = (label, step, name) => {
         const b = document.createElement('button');
-        b.type = 'button'; b.textContent = label; b.setAttribute('aria-label', name);
+        b.type = 'button'; b.textContent = label; b.setAttribute('aria-label', name); b.title = name;
         const target = m.shown + step;
         b.disabled = target < 0 || target >= m.count;
         b.addEventListener('click', () => {
@@ -71,14 +74,13 @@ ARROWS_JS = """
       const where = document.createElement('span');
       where.className = 'version-where';
       where.textContent = `${m.shown + 1}/${m.count}`;
-      nav.append(button('\\u2039', -1, ja ? '前の版' : 'Previous version'), where,
-                 button('\\u203a', 1, ja ? '次の版' : 'Next version'));
+      nav.append(button('\\u2039', -1, said[0]), where, button('\\u203a', 1, said[1]));
       row.appendChild(nav);
     }
   };
   setInterval(draw, 250);
 }
-"""
+""".replace("__NAMES__", json.dumps(_ARROW_NAMES))
 
 CSS = """
 #chat-list .wrap { flex-direction: column !important; gap: 2px !important; }
@@ -86,10 +88,14 @@ CSS = """
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; display: block !important; }
 #chat-list input[type=radio] { display: none; }
 #chat-list label.selected { background: var(--button-secondary-background-fill-hover) !important; font-weight: 600; }
-.version-arrows { display: flex; justify-content: flex-end; align-items: center; gap: 4px; width: 100%;
-  font-size: var(--text-sm); color: var(--body-text-color-subdued); padding: 0 8px; }
-.version-arrows button { border: 1px solid var(--border-color-primary); border-radius: 4px; padding: 0 8px;
+.version-arrows { display: flex; justify-content: flex-end; align-items: center; gap: 6px; width: 100%;
+  font-size: var(--text-sm); color: var(--body-text-color-subdued); padding: 2px 8px; }
+/* Big enough for a finger (about 32 px and more on a touch screen), in the text's own colour. */
+.version-arrows button { border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 0;
+  min-width: 32px; min-height: 32px; display: inline-flex; align-items: center; justify-content: center;
+  font-size: 1.25em; line-height: 1; color: var(--body-text-color);
   background: var(--background-fill-secondary); cursor: pointer; }
+@media (pointer: coarse) { .version-arrows button { min-width: 40px; min-height: 36px; } }
 .version-arrows button:disabled { opacity: 0.35; cursor: default; }
 .message-row.user-row { flex-wrap: wrap; }
 """

@@ -66,6 +66,13 @@ body:has(#chatbot .loading-spinner) #send, body:not(:has(#chatbot .loading-spinn
 .gradio-container { overflow: clip !important; }
 #composer { position: sticky; bottom: 0; z-index: 30; gap: 6px; padding: 6px 0;
   background: var(--body-background-fill); box-shadow: 0 -8px 10px -10px rgba(0, 0, 0, 0.35); }
+/* The rating comment, drawn beside the rated reply over the conversation (ui.chat.RATING_JS). */
+#rating-comment.rating-beside { position: fixed; z-index: 29; margin: 0 !important; overflow: hidden;
+  border: 1px solid var(--border-color-primary); border-radius: 8px;
+  background: var(--block-background-fill); box-shadow: 0 4px 14px rgba(0, 0, 0, 0.2); }
+#rating-comment.rating-beside .prose { padding: 4px 12px; }
+/* The chatbot's scroll-to-end arrow would sit over the comment's button. */
+body:has(#rating-comment.rating-beside) #chatbot .scroll-down-button-container { display: none; }
 /* A reply's note is one quiet line (model · tokens · speed); opening it shows the details. */
 #chatbot .title .md { min-width: 0; overflow: hidden; }
 #chatbot .title .md p { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; margin: 0; }
@@ -92,7 +99,7 @@ html[lang^="ja"] .toast-title.success::before { content: "完了"; }
 FONTS = ["Noto Sans CJK JP", "Noto Sans JP", "Hiragino Sans", "Yu Gothic", "Meiryo", "system-ui", "sans-serif"]
 
 
-CSS += ui_history.CSS
+CSS += ui_history.CSS + compare.CSS
 
 
 def launch_options(settings: Settings | None = None) -> dict[str, Any]:
@@ -293,6 +300,7 @@ def build(
         # Chat: the page streams into the chatbot; /chat streams text. Both go
         # through the same gate before any token is made, and the same lanes.
         model_event = ui_chat.wire(chat, chat_page, lang=lang, receipt=receipt)
+        demo.load(None, None, None, js=ui_chat.RATING_JS, **private)
         model_event.then(
             user_errors(page_state), state_inputs, state_outputs, api_name="page_model_state", **state_group
         )
