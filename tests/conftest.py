@@ -21,6 +21,34 @@ CORPUS = Path(__file__).parent / "data" / "ja_corpus.txt"
 ARTIFACTS = ROOT / "test-artifacts"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_tls_context() -> Iterator[None]:
+    """Every httpx client of the run shares one default TLS context.
+
+    httpx builds a context for each new client (and each ``httpx.get``/``post``, as gradio_client
+    calls them), reading the system's 140-odd CA certificates: about 20 ms each, thousands of times
+    a run, for connections that are all plain HTTP to 127.0.0.1. A context is safe to share.
+    """
+    from httpx._transports import default
+
+    build = getattr(default, "create_ssl_context", None)
+    if build is None:  # httpx moved it: the run is only slower
+        yield
+        return
+    shared = build()
+
+    def create_ssl_context(verify: object = True, cert: object = None, trust_env: bool = True) -> object:
+        if verify is True and cert is None and trust_env:
+            return shared
+        return build(verify=verify, cert=cert, trust_env=trust_env)
+
+    default.create_ssl_context = create_ssl_context  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        default.create_ssl_context = build
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reads the developer's settings or reaches the hub."""

@@ -20,6 +20,7 @@ from db import audit, export
 from db.engine import HEAD, MIGRATIONS, make_engine, session_factory, upgrade
 from db.models import EventKind
 from tests.conftest import ROOT
+from tests.db_cli import in_a_process, in_this_process
 
 CONTACT = audit.Contact(name="山田 太郎", email="taro@example.jp", affiliation="NII", purpose="研究")
 SHA = "a" * 64
@@ -121,7 +122,7 @@ def test_a_first_start_logs_one_line(database_url: str, caplog: pytest.LogCaptur
 
 
 def test_the_command_line_upgrade_names_each_step(tmp_path: Path) -> None:
-    by_hand = run_db_cli(f"sqlite:///{tmp_path / 'audit.sqlite3'}", "upgrade")
+    by_hand = in_a_process(f"sqlite:///{tmp_path / 'audit.sqlite3'}", "upgrade")
     assert by_hand.returncode == 0 and by_hand.stdout.startswith("schema is up to date")
     assert f"Running upgrade 0005 -> {HEAD}" in by_hand.stderr
     assert by_hand.stderr.endswith(f"database schema upgraded from an empty database to {HEAD}\n")
@@ -202,7 +203,7 @@ def test_tampering_is_caught_and_named(engine: Engine, database_url: str, how: s
     result = verdict(engine)
     assert not result.ok
     assert result.bad_seq == (4 if how == "edit and re-hash one row" else 3)
-    cli = run_db_cli(database_url, "verify")
+    cli = in_this_process(database_url, "verify")
     assert cli.returncode == 1
     assert f"event {result.bad_seq}" in cli.stderr
 
@@ -218,29 +219,24 @@ def test_truncating_the_end_is_caught(engine: Engine) -> None:
     assert not result.ok and "head records 3 events but the log holds 2" in result.problem
 
 
-def run_db_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"LLMJP_DATABASE_URL": database_url}
-    return subprocess.run([sys.executable, "-m", "db", *args], cwd=ROOT, env=env, capture_output=True, text=True)
-
-
 def test_cli_verify_and_export(engine: Engine, database_url: str) -> None:
     accept(engine, "anon:a", name='=HYPERLINK("http://x")')
     accept(engine, "anon:b", name="<img src=x onerror=alert(1)>")
     withdraw(engine, "anon:a")
-    ok = run_db_cli(database_url, "verify")
+    ok = in_a_process(database_url, "verify")
     assert ok.returncode == 0, ok.stderr
     assert "OK: 3 events" in ok.stdout
 
-    as_json = json.loads(run_db_cli(database_url, "export", "--format", "json").stdout)
+    as_json = json.loads(in_a_process(database_url, "export", "--format", "json").stdout)
     assert [(r["identity"], r["status"]) for r in as_json] == [("anon:a", "withdrawn"), ("anon:b", "accepted")]
     assert as_json[1]["name"] == "<img src=x onerror=alert(1)>"  # stored and exported as given
     assert set(as_json[0]) == set(audit.REPORT_COLUMNS)
 
-    as_csv = run_db_cli(database_url, "export", "--format", "csv").stdout.splitlines()
+    as_csv = in_this_process(database_url, "export", "--format", "csv").stdout.splitlines()
     assert as_csv[0] == ",".join(audit.REPORT_COLUMNS)
     assert as_csv[1].startswith("anon:a,\"'=HYPERLINK")  # a formula stays text in a spreadsheet
-    assert run_db_cli(database_url, "export", "--format", "json", "--since", "2999-01-01").stdout.strip() == "[]"
-    assert run_db_cli(database_url, "export", "--format", "xml").returncode != 0
+    assert in_this_process(database_url, "export", "--format", "json", "--since", "2999-01-01").stdout.strip() == "[]"
+    assert in_this_process(database_url, "export", "--format", "xml").returncode != 0
 
 
 def test_since_accepts_dates_and_times() -> None:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +13,7 @@ from db import audit
 from db.chain import CONTACT_FIELDS, GENESIS, LEGACY_FIELDS, Keyring, iso, legacy_hash
 from db.engine import make_engine, session_factory, upgrade
 from db.models import Event, EventKind
-from tests.conftest import ROOT
+from tests.db_cli import in_a_process, in_this_process
 
 CONTACT = audit.Contact(name="山田 花子", email="hanako.unique@example.jp", affiliation="NII", purpose="研究")
 SHA = "a" * 64
@@ -41,11 +38,6 @@ def verdict(engine: Engine) -> audit.Verdict:
         return audit.verify(s)
 
 
-def cli(database_url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "db", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=os.environ | {"LLMJP_DATABASE_URL": database_url} | env)  # fmt: skip
-
-
 def drop_guards(engine: Engine) -> None:
     with engine.begin() as conn:
         if engine.dialect.name == "sqlite":
@@ -61,7 +53,7 @@ def drop_guards(engine: Engine) -> None:
 
 def test_verify_on_a_missing_sqlite_file_exits_2_and_creates_nothing(tmp_path: Path) -> None:
     target = tmp_path / "absent" / "audit.sqlite3"
-    result = cli(f"sqlite:///{target}", "verify", LLMJP_DATA_DIR=str(tmp_path / "data"))
+    result = in_a_process(f"sqlite:///{target}", "verify", LLMJP_DATA_DIR=str(tmp_path / "data"))
     assert result.returncode == 2
     assert "cannot check" in result.stderr and "no database at" in result.stderr
     assert "Traceback" not in result.stderr
@@ -71,7 +63,7 @@ def test_verify_on_a_missing_sqlite_file_exits_2_and_creates_nothing(tmp_path: P
 def test_verify_on_an_unreachable_server_exits_2(tmp_path: Path) -> None:
     from tests.conftest import free_port
 
-    result = cli(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x", "verify")
+    result = in_this_process(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x", "verify")
     assert result.returncode == 2 and "cannot check" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -79,7 +71,7 @@ def test_verify_on_a_database_without_the_log_exits_2(tmp_path: Path) -> None:
     import sqlite3
 
     sqlite3.connect(tmp_path / "other.sqlite3").close()
-    result = cli(f"sqlite:///{tmp_path / 'other.sqlite3'}", "verify")
+    result = in_this_process(f"sqlite:///{tmp_path / 'other.sqlite3'}", "verify")
     assert result.returncode == 2 and "holds no audit log" in result.stderr
 
 
@@ -118,7 +110,7 @@ def test_a_chain_recomputed_without_the_key_fails(engine: Engine, database_url: 
         conn.execute(text("UPDATE audit_head SET hash = :h WHERE id = 1"), {"h": prev})
     result = verdict(engine)
     assert not result.ok and result.bad_seq == 1  # the very first re-signed event gives it away
-    run = cli(database_url, "verify")
+    run = in_this_process(database_url, "verify")
     assert run.returncode == 1 and "FAILED at event 1" in run.stderr
 
 
@@ -153,14 +145,14 @@ def test_repeats_are_part_of_the_chain(engine: Engine) -> None:
 def test_anchor_catches_a_log_cut_back_and_resealed(engine: Engine, database_url: str) -> None:
     for n in range(3):
         accept(engine, f"anon:{n}")
-    head = cli(database_url, "head")
+    head = in_a_process(database_url, "head")
     assert head.returncode == 0, head.stderr
     anchor = head.stdout.strip()
     assert anchor.startswith("llmjp-head-v1.3.")
     accept(engine, "anon:3")
-    assert cli(database_url, "verify", "--anchor", anchor).returncode == 0
+    assert in_this_process(database_url, "verify", "--anchor", anchor).returncode == 0
     forged = anchor.replace(".3.", ".2.", 1)
-    bad = cli(database_url, "verify", "--anchor", forged)
+    bad = in_this_process(database_url, "verify", "--anchor", forged)
     assert bad.returncode == 2 and "signature does not match" in bad.stderr
     # Someone removes the last two events and points the head back: the chain itself still holds...
     drop_guards(engine)
@@ -168,9 +160,9 @@ def test_anchor_catches_a_log_cut_back_and_resealed(engine: Engine, database_url
         conn.execute(text("DELETE FROM contacts WHERE seq >= 3"))
         conn.execute(text("DELETE FROM events WHERE seq >= 3"))
         conn.execute(text("UPDATE audit_head SET seq = 2, hash = (SELECT hash FROM events WHERE seq = 2)"))
-    assert cli(database_url, "verify").returncode == 0
+    assert in_this_process(database_url, "verify").returncode == 0
     # ...but not the anchor kept elsewhere.
-    cut = cli(database_url, "verify", "--anchor", anchor)
+    cut = in_this_process(database_url, "verify", "--anchor", anchor)
     assert cut.returncode == 1 and "no longer extends the anchor at event 3" in cut.stderr
 
 
@@ -195,10 +187,10 @@ def test_erase_one_person(engine: Engine, database_url: str) -> None:
     accept(engine, "anon:keep", name="残す人", email="keep.me@example.jp")
     accept(engine, "anon:gone", name="消える人", email="erase.me@example.jp", purpose="消去される目的")
     accept(engine, "anon:gone", name="消える人", email="erase.me@example.jp", purpose="二度目")
-    run = cli(database_url, "erase", "--identity", "anon:gone")
+    run = in_a_process(database_url, "erase", "--identity", "anon:gone")
     assert run.returncode == 0 and "erased 2 contact record(s)" in run.stdout
-    assert cli(database_url, "verify").returncode == 0
-    report = json.loads(cli(database_url, "export", "--format", "json").stdout)
+    assert in_this_process(database_url, "verify").returncode == 0
+    report = json.loads(in_this_process(database_url, "export", "--format", "json").stdout)
     assert [(r["identity"], r["contact"], r["email"]) for r in report] == [
         ("anon:keep", "kept", "keep.me@example.jp"),
         ("anon:gone", "erased", ""),

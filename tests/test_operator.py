@@ -91,11 +91,13 @@ def test_spaces_are_recognised_by_space_id_not_by_a_data_directory(
 
 def test_the_page_is_served_before_torch_is_imported_and_preloads_follow(tmp_path: Path) -> None:
     """In a fresh process, as deployed: the page answers at once; the preloaded model arrives afterwards."""
+    # The launch and the first page take about 0.3 s on a busy machine: 3 s of warm-up leaves them room
+    # without waiting long for the preload (8 s did; the app's default is 2 s).
     script = """
 import sys, time, urllib.request
 from webapp.factory import create_app
 from webapp.settings import Settings
-demo = create_app(Settings(models="tiny", preload="tiny-gpt2", warm_up_s=8))
+demo = create_app(Settings(models="tiny", preload="tiny-gpt2", warm_up_s=3))
 _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
 assert urllib.request.urlopen(url).status == 200
 print("served", "torch" in sys.modules, "transformers" in sys.modules, flush=True)
