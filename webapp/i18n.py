@@ -316,18 +316,24 @@ HEAD = r"""
   };
   // Gradio's textbox sends on the Enter keypress. While an IME composes, the
   // Enter that confirms the conversion belongs to the IME: keep it from Gradio.
-  let composing = false, endedAt = -1, composingKeyAt = -1;
+  // The decision is made once per key press, on its keydown, and its keypress follows it, so a
+  // later Enter is judged on its own however quickly it comes.
+  let composing = false, endedAt = -Infinity, imeKey = false;
   document.addEventListener("compositionstart", () => { composing = true; }, true);
   document.addEventListener("compositionend", (e) => { composing = false; endedAt = e.timeStamp; }, true);
   const guard = (e) => {
-    if (e.key !== "Enter" && e.keyCode !== 229) return;
     if (!(e.target instanceof Element) || !e.target.closest("#chat-message")) return;
-    if (e.type === "keydown" && (e.isComposing || e.keyCode === 229 || composing)) composingKeyAt = e.timeStamp;
-    // Safari ends the composition just before the confirming key: allow for that too.
-    const confirming = e.isComposing || e.keyCode === 229 || composing
-      || e.timeStamp - endedAt < 50 || e.timeStamp - composingKeyAt < 100;
-    if (confirming) e.stopImmediatePropagation();  // the IME still gets the key; Gradio does not
+    if (e.type === "keydown") {
+      // Safari ends the composition just before the confirming key's keydown: the first key after
+      // a composition's end, within a few milliseconds, is still the IME's.
+      imeKey = e.isComposing || e.keyCode === 229 || composing
+        || (e.key === "Enter" && e.timeStamp - endedAt < 30);
+      endedAt = -Infinity;
+    }
+    if (e.key !== "Enter" && e.keyCode !== 229) return;
+    if (imeKey || composing) e.stopImmediatePropagation();  // the IME still gets the key; Gradio does not
   };
+  document.addEventListener("keyup", (e) => { if (e.key === "Enter") imeKey = false; }, true);
   document.addEventListener("keydown", guard, true);
   document.addEventListener("keypress", guard, true);
 })();
