@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -227,5 +228,72 @@ def test_each_reply_shows_the_exact_prompt_and_maths_and_code_render(browser, ap
         tokens = int(re.search(r"(\d+) トークン", shown.inner_text()).group(1))
         assert tokens > 10
         page.screenshot(path=str(ARTIFACTS / "chat-prompt-view.png"))
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "viewport", "options"),
+    [
+        ("laptop", LAPTOP, {}),
+        ("phone", PHONE, {"is_mobile": True, "has_touch": True, "device_scale_factor": 2}),
+    ],
+)
+def test_the_rating_comment_opens_beside_its_reply(browser, app: RunningApp, name: str, viewport, options) -> None:
+    from playwright.sync_api import expect
+
+    context, page = visitor(browser, app, viewport, **options)
+    try:
+        for text in ("一つ目の質問", "二つ目の質問", "三つ目の質問"):
+            ask(page, text)
+        chatbot = page.locator("#chatbot")
+        # A dislike on the second of the three replies (each message has its row of buttons).
+        rated = chatbot.locator(".message-buttons").nth(3)
+        rated.get_by_role("button", name="よくないね").click()
+        comment = page.locator("#rating-comment").first
+        expect(comment.get_by_label("コメント(任意)")).to_be_visible(timeout=10_000)
+        # Right under the rated reply's buttons, above the next message, wholly in view; the box and Send too.
+        # Measured in one go, within one frame: separate reads could straddle a scroll of the conversation.
+        snapshot = """() => {
+          const rect = (el) => { const r = el.getBoundingClientRect(); return {top: r.top, bottom: r.bottom}; };
+          const rows = document.querySelectorAll('#chatbot .message-buttons');
+          return {
+            box: rect(document.querySelector('#rating-comment')), above: rect(rows[3]),
+            below: rect(document.querySelectorAll('#chatbot [data-testid="user"]')[2]),
+            pinned: rect(document.querySelector('#composer')),
+            scroll: document.querySelector('#chatbot .bubble-wrap').scrollTop,
+          };
+        }"""
+
+        def placed(at: dict) -> bool:
+            box, above, below, pinned = at["box"], at["above"], at["below"], at["pinned"]
+            return (
+                0 <= box["top"] - above["bottom"] <= 16
+                and box["bottom"] <= below["top"]
+                and box["top"] >= 0 and box["bottom"] <= pinned["top"]
+            )  # fmt: skip
+
+        deadline = time.monotonic() + 5
+        while not placed(at := page.evaluate(snapshot)) and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+        if not placed(at):
+            seen = []
+            for _ in range(5):  # how it moves, if it does
+                page.wait_for_timeout(50)
+                seen.append(page.evaluate(snapshot))
+            pytest.fail(f"the comment is not beside its reply: {at}, then {seen}")
+        for selector in ("#chat-message textarea", "#send"):
+            in_view(page, selector)
+        # The rated reply itself shows above it, and its pressed button is named in the page's language.
+        reply = chatbot.locator('[data-testid="bot"]').nth(3)
+        reply_box, box = reply.bounding_box(), comment.bounding_box()
+        assert reply_box and box and reply_box["y"] + reply_box["height"] <= box["y"] and reply_box["y"] >= 0
+        expect(rated.get_by_role("button", name="低評価しました")).to_be_visible()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"rating-beside-{name}.png"))
+        comment.get_by_label("コメント(任意)").fill("二つ目の返答について")
+        comment.get_by_role("button", name="評価を送る").click()
+        expect(page.get_by_text("評価を記録しました").first).to_be_visible(timeout=10_000)
+        expect(comment).to_be_hidden()
     finally:
         context.close()

@@ -84,10 +84,12 @@ RATING_JS = """
       else if (at.top - height < area.top) wrap.scrollTop -= Math.min(area.top - (at.top - height), area.bottom - at.bottom);
     }
     const now = spacer.getBoundingClientRect();
-    group.style.top = `${now.top}px`;
+    // Never over the rated reply's own buttons, whatever margins the chatbot's layout gives the row.
+    const top = Math.max(now.top, buttons.getBoundingClientRect().bottom + 2);
+    group.style.top = `${top}px`;
     group.style.left = `${now.left + 8}px`;
     group.style.width = `${now.width - 16}px`;
-    const clipTop = Math.max(0, area.top - now.top), clipBottom = Math.max(0, now.top + height - area.bottom);
+    const clipTop = Math.max(0, area.top - top), clipBottom = Math.max(0, top + height - area.bottom);
     group.style.clipPath = `inset(${clipTop}px 0 ${clipBottom}px 0)`;
     return true;
   };
