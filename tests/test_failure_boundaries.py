@@ -180,7 +180,7 @@ def test_an_out_of_memory_in_a_step_fails_the_newest_rows_and_keeps_the_others(l
     expected = [alone(model, loaded.tokenizer, i) for i in ids[:2]]
     batcher = Batcher(model, loaded.tokenizer)
     replies = []
-    for i in ids:  # one after the other: the cohort holds them in arrival order
+    for i in ids[:3]:  # one after the other: the cohort holds them in arrival order
         replies.append(reply := Reply(i, GREEDY.model_copy(update={"max_new_tokens": 40})))
         batcher.submit(reply.request)
         deadline = time.monotonic() + 30
@@ -190,6 +190,10 @@ def test_an_out_of_memory_in_a_step_fails_the_newest_rows_and_keeps_the_others(l
     # The third made the step run out of memory: it alone ended, in words.
     assert isinstance(replies[2].wait().error, OutOfMemory)
     assert "メモリが不足しました" in replies[2].request.error.ja
+    # A fourth, once the third has ended (sent earlier, it may join the same step and be the newest to end).
+    replies.append(fourth := Reply(ids[3], GREEDY.model_copy(update={"max_new_tokens": 40})))
+    batcher.submit(fourth.request)
+    fourth.wait()
     for oldest, want in zip(replies[:2], expected, strict=True):
         assert oldest.text.startswith(want)  # the same tokens as alone (longer: 40 against 12)
         assert oldest.request.completion_tokens == 40
