@@ -21,6 +21,13 @@ CORPUS = Path(__file__).parent / "data" / "ja_corpus.txt"
 ARTIFACTS = ROOT / "test-artifacts"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The browser modules first, each module's tests kept together and in order: with two workers
+    (``./dev test`` runs pytest-xdist, a module to a worker) the long modules start at once and the
+    short ones fill in after, instead of one long module running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_tls_context() -> Iterator[None]:
     """Every httpx client of the run shares one default TLS context.
