@@ -22,10 +22,10 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The browser modules first, each module's tests kept together and in order: with two workers
-    (``./dev test`` runs pytest-xdist, a module to a worker) the long modules start at once and the
-    short ones fill in after, instead of one long module running alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("browser") is None)
+    """The browser modules last, each module's tests kept together and in order: ``./dev test`` runs mypy
+    beside the first minutes of the tests, and the browser tests' timing is the most sensitive to a busy
+    machine."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
 
 
 @pytest.fixture(scope="session", autouse=True)
