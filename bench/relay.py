@@ -68,7 +68,10 @@ async def _through_app(url: str, receipts: list[str]) -> list[tuple[float, float
         started = time.perf_counter()
         first = last = 0.0
         data = chat_payload(f"{MESSAGE} {i}", "tiny-llama", TOKENS, receipt)
-        event = (await client.post(base, json={"data": data})).json()["event_id"]
+        joined = await client.post(base, json={"data": data})
+        if joined.status_code != 200:
+            raise RuntimeError(f"/chat refused: HTTP {joined.status_code} {joined.text[:200]}")
+        event = joined.json()["event_id"]
         async with client.stream("GET", f"{base}/{event}") as events:
             kind = ""
             async for line in events.aiter_lines():
