@@ -239,3 +239,34 @@ def test_the_app_streams_a_remote_model_over_http(
         assert updates[-1] == local_reply(models_dir, served.spec, greedy)
     finally:
         app.demo.close()
+
+
+def test_the_events_of_a_stream_are_read_as_the_server_sent_them() -> None:
+    """The stream's events are read as JSON (the client's typed chunks cost most of the app's CPU when relaying
+    many streams): each event's data, joined across lines; comments and event names skipped; ``[DONE]`` ends
+    it; an error event raises the client's own error, which ``_explain`` turns into words."""
+    import openai
+
+    from inference.servers.remote import _events
+
+    class Raw:  # what openai's streaming response gives: its lines and its request
+        def __init__(self, body: str) -> None:
+            self.http_request = httpx.Request("POST", "http://127.0.0.1/v1/completions")
+            self._response = httpx.Response(200, content=body.encode(), request=self.http_request)
+
+        def iter_lines(self) -> Iterator[str]:
+            return self._response.iter_lines()
+
+    body = (
+        ': a comment\n\ndata: {"choices": [{"text": "富士"}]}\n\nevent: completion\ndata: {"choices":\n'
+        'data: [{"text": "山"}]}\n\ndata: [DONE]\n\ndata: {"choices": [{"text": "after"}]}\n\n'
+    )
+    assert [c["choices"][0]["text"] for c in _events(Raw(body))] == ["富士", "山"]
+    assert [c["usage"] for c in _events(Raw('data: {"usage": {"completion_tokens": 3}}'))] == [{"completion_tokens": 3}]
+    error = 'data: {"choices": [{"text": "a"}]}\n\ndata: {"error": {"message": "engine died", "code": 500}}\n\n'
+    seen = []
+    with pytest.raises(openai.APIError, match="engine died"):
+        seen.extend(_events(Raw(error)))
+    assert len(seen) == 1
+    with pytest.raises(ValueError):
+        list(_events(Raw("data: [1, 2]\n\n")))
