@@ -286,6 +286,15 @@ def identity_of(app: RunningApp, receipt: str) -> str:
     return Identities(receipts, secret).pseudonym(read.anon_id)
 
 
+def mock_hf_login(patch: pytest.MonkeyPatch, name: str = "alice", fullname: str = "Alice") -> None:
+    """Off Spaces, Gradio mocks the Hugging Face login with the local account from ``whoami()``; the hub
+    cannot be reached here, so that account is made up."""
+    import gradio.oauth
+
+    patch.setattr(gradio.oauth, "get_token", lambda: "hf_mock")
+    patch.setattr(gradio.oauth, "whoami", lambda: {"type": "user", "name": name, "fullname": fullname, "avatarUrl": ""})
+
+
 # -- the browser (Debian's chromium, driven by Playwright) ---------------------------
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -15,7 +15,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from tests.conftest import ADMIN_TOKEN, RunningApp, identity_of, launch
+from tests.conftest import ADMIN_TOKEN, RunningApp, identity_of, launch, mock_hf_login
 from webapp.gate.identity import Identities
 from webapp.gate.receipts import Receipt, Receipts
 from webapp.gate.terms import Terms
@@ -247,16 +247,10 @@ def test_no_raw_address_is_stored(running_app: RunningApp) -> None:
 
 @pytest.fixture(scope="module")
 def oauth_app(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[RunningApp]:
-    import gradio.oauth
-
     from webapp.settings import Settings
 
     patch = pytest.MonkeyPatch()
-    # Off Spaces, Gradio mocks the login with the local account from whoami(); the hub is unreachable here.
-    patch.setattr(gradio.oauth, "get_token", lambda: "hf_mock")
-    patch.setattr(
-        gradio.oauth, "whoami", lambda: {"type": "user", "name": "alice", "fullname": "Alice", "avatarUrl": ""}
-    )
+    mock_hf_login(patch)
     settings = Settings(data_dir=tmp_path_factory.mktemp("oauth"), models="tiny", hub_offline=True, oauth=True,
                         admin_users="alice,bob")  # fmt: skip
     app = launch(settings, models_dir)

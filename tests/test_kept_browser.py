@@ -3,7 +3,7 @@ browser contexts) of the same account see the same list; an anonymous visitor se
 keeps nothing of theirs; turning the option off, and an administrator's erasure, delete the server's copy.
 
 Gradio mocks the Hugging Face login off Spaces with the local account from ``whoami()``; the hub cannot be
-reached here, so that call is mocked (as in tests/test_consent_http.py)."""
+reached here, so that call is mocked (tests.conftest.mock_hf_login)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningApp, launch
-from tests.test_browser import CHROMIUM, FLAGS, accept
+from tests.conftest import RunningApp, launch, mock_hf_login
+from tests.test_browser import accept
 from tests.test_chat_browser import ask
 from tests.test_history_browser import LAPTOP, reload, visitor
 
@@ -25,15 +25,10 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[RunningApp]:
-    import gradio.oauth
-
     from webapp.settings import Settings
 
     patch = pytest.MonkeyPatch()
-    patch.setattr(gradio.oauth, "get_token", lambda: "hf_mock")
-    patch.setattr(
-        gradio.oauth, "whoami", lambda: {"type": "user", "name": "alice", "fullname": "Alice", "avatarUrl": ""}
-    )
+    mock_hf_login(patch)
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("kept"),
         models="tiny",
@@ -50,16 +45,6 @@ def app(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[
     finally:
         running.demo.close()
         patch.undo()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
-        yield chromium
-        chromium.close()
 
 
 def signed_in(browser, app: RunningApp):
