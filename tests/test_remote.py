@@ -261,12 +261,20 @@ def test_the_events_of_a_stream_are_read_as_the_server_sent_them() -> None:
         ': a comment\n\ndata: {"choices": [{"text": "富士"}]}\n\nevent: completion\ndata: {"choices":\n'
         'data: [{"text": "山"}]}\n\ndata: [DONE]\n\ndata: {"choices": [{"text": "after"}]}\n\n'
     )
-    assert [c["choices"][0]["text"] for c in _events(Raw(body))] == ["富士", "山"]
-    assert [c["usage"] for c in _events(Raw('data: {"usage": {"completion_tokens": 3}}'))] == [{"completion_tokens": 3}]
+    assert [text for text, _, _ in _events(Raw(body))] == ["富士", "山"]
+    usage = 'data: {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3}}'
+    assert list(_events(Raw(usage))) == [("", None, (5, 3))]
     error = 'data: {"choices": [{"text": "a"}]}\n\ndata: {"error": {"message": "engine died", "code": 500}}\n\n'
     seen = []
     with pytest.raises(openai.APIError, match="engine died"):
         seen.extend(_events(Raw(error)))
     assert len(seen) == 1
-    with pytest.raises(ValueError):
-        list(_events(Raw("data: [1, 2]\n\n")))
+    for odd in (
+        "[1, 2]",
+        "{not json",
+        '{"choices": [3]}',
+        '{"choices": [{"text": 3}]}',
+        '{"usage": {"prompt_tokens": "x"}}',
+    ):
+        with pytest.raises(ValueError):
+            list(_events(Raw(f"data: {odd}\n\n")))

@@ -168,40 +168,41 @@ class RemoteBackend:
             # The server's events are read as JSON here, not as the client's typed chunks: building those
             # took most of the app's CPU when it relayed many streams (about 60% at 50 streams of 100 tok/s).
             with client.create(model=endpoint.model, prompt=text, stream=True, **body) as response:
-                for chunk in _events(response):
+                for delta, finish_reason, counted in _events(response):
                     if stop.is_set():
                         # Leaving the block closes the connection; the server aborts the request.
                         reason = "cancelled"
                         break
-                    usage = chunk.get("usage") or usage
-                    if not (choices := chunk.get("choices")):
-                        continue
-                    reason = choices[0].get("finish_reason") or reason
+                    usage, reason = counted or usage, finish_reason or reason
                     # Like the local decoder: a byte the server could not
                     # decode on its own is never shown as U+FFFD.
-                    if delta := (choices[0].get("text") or "").replace("\ufffd", ""):
+                    if delta := delta.replace("\ufffd", ""):
                         reply.append(delta)
                         emit(delta)
         except openai.APIError as exc:
             raise _explain(spec, exc) from exc
-        except (ValueError, AttributeError, TypeError, IndexError, KeyError) as exc:
-            # Not the events of a completions stream: told like any other server error.
-            log.warning("remote %s sent an event that is not a completion: %s", spec.id, type(exc).__name__)
+        except _Unreadable as exc:
+            log.warning("remote %s sent an event that is not a completion: %s", spec.id, exc)
             raise GenerationFailed(
                 f"{spec.label} のモデルサーバーの応答を読めませんでした。もう一度お試しください。",
                 f"The reply from the server for {spec.label} could not be read. Please try again.",
             ) from exc
         finish = reason if reason in ("stop", "length", "cancelled") else "stop"
         if usage is not None:  # vLLM counts what it generated
-            counts = (int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
+            counts = usage
         else:  # a server without usage (or a stopped reply): measured here with the same tokenizer
             counts = (len(prompt.ids), len(tok("".join(reply), add_special_tokens=False).input_ids))
         return Outcome(*counts, finish, spec.revision, prompt.dropped_turns)  # type: ignore[arg-type]
 
 
-def _events(response: Any) -> Iterator[dict[str, Any]]:
-    """The JSON of each server-sent event of a streamed completion, up to ``[DONE]``; an error event raises
-    ``openai.APIError``, as the client's own stream does."""
+class _Unreadable(ValueError):
+    """An event that is not one of a streamed completion's."""
+
+
+def _events(response: Any) -> Iterator[tuple[str, str | None, tuple[int, int] | None]]:
+    """Each server-sent event of a streamed completion, up to ``[DONE]``, as (text, finish reason, (prompt,
+    completion) tokens); an error event raises ``openai.APIError``, as the client's own stream does, and an
+    event of another shape ``_Unreadable``."""
     data: list[str] = []
     for line in itertools.chain(response.iter_lines(), [""]):  # the last event may lack its blank line
         if line.startswith("data:"):
@@ -212,9 +213,12 @@ def _events(response: Any) -> Iterator[dict[str, Any]]:
         event, data = "\n".join(data), []
         if event.startswith("[DONE]"):
             return
-        chunk = json.loads(event)
+        try:
+            chunk = json.loads(event)
+        except ValueError as exc:
+            raise _Unreadable("not JSON") from exc
         if not isinstance(chunk, dict):
-            raise ValueError("an event that is not an object")
+            raise _Unreadable("not an object")
         if error := chunk.get("error"):
             message = error.get("message") if isinstance(error, dict) else None
             raise openai.APIError(
@@ -222,7 +226,17 @@ def _events(response: Any) -> Iterator[dict[str, Any]]:
                 request=response.http_request,
                 body=error,
             )
-        yield chunk
+        choices, usage = chunk.get("choices") or [{}], chunk.get("usage")
+        choice = choices[0] if isinstance(choices, list) else None
+        if not isinstance(choice, dict) or not isinstance(usage, dict | None):
+            raise _Unreadable("no choice")
+        text, reason = choice.get("text") or "", choice.get("finish_reason")
+        counts = usage and (usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        if not isinstance(text, str) or not isinstance(reason, str | None):
+            raise _Unreadable("no text")
+        if counts and not all(isinstance(n, int) and n >= 0 for n in counts):
+            raise _Unreadable("no token counts")
+        yield text, reason, counts  # type: ignore[misc]
 
 
 def _explain(spec: ModelSpec, exc: openai.APIError) -> AppError:
