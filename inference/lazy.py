@@ -14,6 +14,31 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# transformers resolves its names lazily, importing submodules on first use. Two threads doing that at
+# once can be handed a half-initialised module ("cannot import name 'AutoConfig' from 'transformers'"):
+# it happened when the local backend's warm-up and a served model's preload began together. Every
+# backend is built under this one lock, after the names below are bound on one thread.
+_HEAVY = threading.RLock()
+_TRANSFORMERS_NAMES = (
+    "AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "DynamicCache", "GenerationConfig", "PreTrainedModel",
+    "PreTrainedTokenizerFast", "PretrainedConfig",
+)  # fmt: skip
+_imported = False
+
+
+def import_transformers() -> None:
+    """Import transformers and bind the names the project uses, one thread at a time, once."""
+    global _imported
+    if _imported:
+        return
+    with _HEAVY:
+        if not _imported:
+            import transformers
+
+            for name in _TRANSFORMERS_NAMES:
+                getattr(transformers, name)
+            _imported = True
+
 
 class Deferred:
     """Stands in for the backend ``build`` returns, building it once, when first needed."""
@@ -22,7 +47,6 @@ class Deferred:
         self._build = build
         self._name = name
         self._backend: Any = None
-        self._lock = threading.Lock()
 
     @property
     def built(self) -> bool:
@@ -31,9 +55,12 @@ class Deferred:
 
     def get(self) -> Any:
         """The real backend, built on the first call (blocking: torch is imported here)."""
-        with self._lock:
+        if self._backend is not None:
+            return self._backend
+        with _HEAVY:
             if self._backend is None:
                 log.info("building the %s", self._name)
+                import_transformers()
                 self._backend = self._build()
             return self._backend
 
