@@ -24,6 +24,8 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 EVENT_ROUTE = re.compile(r"/(?P<kind>queue/join|run|api|call/v2|call)(?:/(?P<name>[^/]+))?/?$")
 UPLOAD = re.compile(r"/upload/?$")
 HEARTBEAT = re.compile(r"/heartbeat/([^/]*)/?$")
+# Gradio's deep links write each session's page state to disk; the app offers none.
+DEEP_LINK = re.compile(r"/deep_link/?$")
 NO_UPLOADS = (
     "このアプリはファイルのアップロードを受け付けていません。",
     "This app takes no file uploads.",
@@ -65,6 +67,11 @@ class Guard:
             return
         path = scope.get("path", "")
         post = scope["type"] == "http" and scope.get("method") in ("POST", "PUT", "PATCH")
+        if scope["type"] == "http" and DEEP_LINK.search(path):
+            await _refuse(
+                scope, receive, send, 404, "このページへのリンクは提供していません。 / Deep links are not offered."
+            )
+            return
         if scope["type"] == "http" and UPLOAD.search(path):
             # The app takes no files: nothing is read, nothing reaches the disk.
             await _refuse_with(scope, receive, send, Refused("upload", *NO_UPLOADS, status=403))

@@ -57,6 +57,37 @@ def trim_overheads(demo: Any) -> None:
             init = klass.__dict__.get("__init__")
             if inspect.isfunction(init) and "__signature__" not in init.__dict__:
                 init.__signature__ = inspect.signature(init)  # type: ignore[attr-defined]
+    lean_sessions(demo)
+
+
+class _Unlisted:
+    """What Gradio's ``SessionState`` reads of the app when it begins, with no block listed in it."""
+
+    def __init__(self, blocks: Any) -> None:
+        self.default_config = blocks.default_config
+        self.blocks: dict[int, Any] = {}
+
+
+def lean_sessions(demo: Any) -> None:
+    """Begin each session without a copy of every block's config.
+
+    Gradio copies the config of all the page's blocks (about 130) into every new session: each page
+    load and each API call, where every call is a session of its own. Relaying 25 replies through
+    ``/call/chat``, those copies took a fifth of the server's loop, and they are most of what a
+    session holds. Only Gradio's deep links read them, which this app does not offer (the guard
+    refuses the route); a block an event changes still gets its config updated, as before.
+    """
+    from gradio.state_holder import SessionState, StateHolder
+
+    class LeanStateHolder(StateHolder):
+        def __getitem__(self, session_id: str) -> SessionState:
+            if session_id not in self.session_data:
+                self.session_data[session_id] = SessionState(_Unlisted(self.blocks))  # type: ignore[arg-type]
+            return super().__getitem__(session_id)
+
+    holder = demo.state_holder
+    if type(holder) is StateHolder:
+        holder.__class__ = LeanStateHolder
 
 
 def _reap(server: Any, timeout_s: float) -> None:
