@@ -7,9 +7,12 @@ moment after start) builds the real backend, importing them then.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 import threading
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -24,6 +27,20 @@ _TRANSFORMERS_NAMES = (
     "PreTrainedTokenizerFast", "PretrainedConfig",
 )  # fmt: skip
 _imported = False
+
+
+def heavy_import(module: str) -> ModuleType:
+    """Import ``module``, one that imports torch or transformers, under the lock backends are built under.
+
+    For the threads that need such a module outside a backend's build (a served model's preload
+    builds its tokenizer files and its client on its own thread).
+    """
+    loaded = sys.modules.get(module)
+    if loaded is not None and not getattr(loaded.__spec__, "_initializing", False):
+        return loaded
+    with _HEAVY:
+        import_transformers()
+        return importlib.import_module(module)
 
 
 def import_transformers() -> None:

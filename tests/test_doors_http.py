@@ -244,18 +244,25 @@ def test_a_flood_of_large_page_values_from_new_sessions_keeps_memory_bounded(run
         f"180 refused 1.8 MB requests: RSS {refused:+.1f} MiB in {time.monotonic() - start:.1f} s;"
         f" 200 new sessions within bounds: {per_session * 1024:.0f} KiB each"
     )
-    assert refused < 20, refused
+    # Before the door these 180 kept about 3,600 MiB; what is left is the allocator's noise (0-21 MiB here).
+    assert refused < 64, refused
     # Each session once held a copy of every block's config (344 KiB); it now begins without one.
     assert per_session < 0.15, per_session
 
 
 def test_deep_links_are_refused_and_write_nothing(running_app: RunningApp) -> None:
     session = consenting(running_app)
-    uploads = Path(running_app.demo.server_app.uploaded_file_dir)  # type: ignore[attr-defined]
+    # Gradio's upload directory is shared by every app on the machine: what this request adds is compared.
+    links = Path(running_app.demo.server_app.uploaded_file_dir) / "deep_links"  # type: ignore[attr-defined]
+
+    def written() -> list[tuple[Path, int]]:  # a link Gradio writes again keeps its name: its time changes
+        return sorted((p, p.stat().st_mtime_ns) for p in links.rglob("*"))
+
+    before = written()
     answer = httpx.get(running_app.url.rstrip("/") + "/gradio_api/deep_link", params={"session_hash": session})
     assert answer.status_code == 404
     assert "Deep links are not offered" in answer.text
-    assert not (uploads / "deep_links").exists()
+    assert written() == before
     # The session itself is unharmed: its visitor still chats.
     assert error_of(call(running_app, "page_chat", page_chat("こんにちは", 4), session)) is None
 

@@ -263,9 +263,8 @@ def start_app(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
         "LLMJP_WARM_UP_S": "0",
         "HF_HUB_OFFLINE": "1",
     }
-    app = subprocess.Popen(
-        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    log = (tmp_path / "app.log").open("wb")  # read back when the app fails a check
+    app = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while True:
@@ -276,6 +275,11 @@ def start_app(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
                 return app, url
         except httpx.TransportError:
             time.sleep(0.2)
+
+
+def app_log(tmp_path: Path) -> str:
+    """The end of the app's log, for a failure's message."""
+    return (tmp_path / "app.log").read_text(encoding="utf-8", errors="replace")[-4000:]
 
 
 def engine_processes(app: subprocess.Popen[bytes]) -> list[psutil.Process]:
@@ -302,7 +306,7 @@ def test_the_app_serves_through_its_engine_and_leaves_no_process_behind(tmp_path
 
         deadline = time.monotonic() + 60
         while not (model := tiny())["loaded"]:
-            assert time.monotonic() < deadline, "the preloaded engine never became ready"
+            assert time.monotonic() < deadline, "the preloaded engine never became ready:\n" + app_log(tmp_path)
             time.sleep(0.3)
         assert model["engine"] == "vllm"
         (engine,) = engine_processes(app)

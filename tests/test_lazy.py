@@ -8,13 +8,13 @@ import textwrap
 
 from tests.conftest import ROOT
 
-# Each thread builds its own backend at the same instant, as the local backend's warm-up, a served
-# model's preload and a visitor's first reply can. Without the shared lock, transformers' lazy names
+# Each thread builds its own backend (or imports what a served model's preload needs) at the same
+# instant, as the local backend's warm-up, a served model's preload and a visitor's first reply can. Without the shared lock, transformers' lazy names
 # were half-bound in about one such process in two here ("cannot import name ... from 'transformers'").
 BUILDS = textwrap.dedent(
     """
     import threading
-    from inference.lazy import Deferred
+    from inference.lazy import Deferred, heavy_import
 
     def local():
         import inference.local.backend
@@ -30,7 +30,10 @@ BUILDS = textwrap.dedent(
             return [getattr(transformers, name) for name in wanted]
         return build
 
-    builds = [local, remote, names("DynamicCache"), names("LlamaConfig", "MixtralConfig"),
+    def tiny():  # a served model's preload, outside any backend's build
+        return heavy_import("inference.local.tiny")
+
+    builds = [local, remote, tiny, names("DynamicCache"), names("LlamaConfig", "MixtralConfig"),
               names("GPT2Config", "GPTNeoXConfig"), names("AutoModelForCausalLM")]
     start = threading.Barrier(len(builds))
     failures = []
@@ -38,7 +41,7 @@ BUILDS = textwrap.dedent(
     def run(build):
         start.wait()
         try:
-            Deferred(build).get()
+            build() if build is tiny else Deferred(build).get()
         except Exception as exc:
             failures.append(repr(exc))
 

@@ -12,7 +12,7 @@ import gradio as gr
 
 from db.engine import make_engine, session_factory, upgrade
 from inference import CHECKPOINTS, TINY_MODELS, Backend, Inference, ModelSpec, Registry, hub
-from inference.lazy import Deferred
+from inference.lazy import Deferred, heavy_import
 from inference.registry import DEFAULT_TINY_MODEL, Architecture, Endpoint, Server
 from inference.servers import engines as engine_processes
 from webapp.admin.audit import Admin
@@ -130,7 +130,7 @@ def _engines(settings: Settings, specs: list[ModelSpec], reachable: hub.Reachabi
     models_dir, cache = settings.models_dir, str(settings.hub_cache) if settings.hub_cache else None
 
     def source(spec: ModelSpec, report) -> tuple[str, str | None]:
-        from inference.local import tiny
+        tiny = heavy_import("inference.local.tiny")  # on the preload's thread, beside the local backend's warm-up
 
         if spec.tiny:
             return str(tiny.ensure(Architecture(spec.source), models_dir)), None
@@ -146,9 +146,9 @@ def _engines(settings: Settings, specs: list[ModelSpec], reachable: hub.Reachabi
         return path, Path(path).name  # the snapshot directory is named by its commit
 
     def remote() -> Backend:
-        from inference.servers.remote import RemoteBackend
+        remote_backend = heavy_import("inference.servers.remote")  # on the preload's thread, as ``source``
 
-        return RemoteBackend(
+        return remote_backend.RemoteBackend(
             hf_token=settings.token, offline=True, tokenizer_source=lambda s: source(s, lambda _: None)[0]
         )
 
