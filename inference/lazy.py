@@ -28,6 +28,12 @@ _TRANSFORMERS_NAMES = (
 )  # fmt: skip
 _imported = False
 
+# Building a model (from a checkpoint, or from a config to size or to make one) is not safe on two
+# threads at once either: transformers creates the layers on the meta device and fills them in, and a
+# model built beside another came out with its tied output layer left on the meta device, never loaded
+# (a compare round's GPT-2 then found no valid next token). Every model is built under this lock.
+BUILDING_MODELS = threading.RLock()
+
 
 def heavy_import(module: str) -> ModuleType:
     """Import ``module``, one that imports torch or transformers, under the lock backends are built under.

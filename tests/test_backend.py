@@ -106,3 +106,34 @@ def test_all_generation_runs_on_one_thread(models_dir: Path) -> None:
 
     asyncio.run(three())
     assert len(seen) == 1 and threading.get_ident() not in seen
+
+
+def test_models_loaded_on_several_threads_at_once_are_whole(models_dir: Path) -> None:
+    """Four visitors asking for four models at the same instant get four complete models.
+
+    transformers builds a model's layers on the meta device and fills them from the checkpoint; a model
+    built beside another on a second thread came out with its tied output layer still there, never
+    loaded (seen as a compare round's GPT-2 replying nothing: every next token NaN).
+    """
+    fresh = TransformersBackend(models_dir=models_dir, max_loaded=4)
+    registry = Registry.of(TINY_MODELS)
+    for spec in registry.specs.values():  # the checkpoints exist first: what is raced is loading them
+        fresh.need(spec)
+    start = threading.Barrier(len(IDS))
+    loaded: dict[str, object] = {}
+
+    def load(model_id: str) -> None:
+        start.wait()
+        loaded[model_id] = fresh.acquire(registry.get(model_id))
+
+    threads = [threading.Thread(target=load, args=(model_id,)) for model_id in IDS]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert sorted(loaded) == sorted(IDS)
+    for model_id, held in loaded.items():
+        model = held.model  # type: ignore[attr-defined]
+        left = [name for name, p in model.named_parameters() if p.device.type == "meta"]
+        assert not left, f"{model_id}: {left}"
+        fresh.release(registry.get(model_id))

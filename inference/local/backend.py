@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from inference import hub, prompts
 from inference.errors import AppError, OutOfMemory
+from inference.lazy import BUILDING_MODELS
 from inference.local import memory, tiny
 from inference.local.batcher import Batcher, DeviceBroken, Request, generation_failed
 from inference.progress import Downloading, FinishReason, Loading, Outcome, Status
@@ -268,7 +269,8 @@ class TransformersBackend:
                 )
                 revision = Path(source).name  # the snapshot directory is named by its commit
             tokenizer = AutoTokenizer.from_pretrained(source)
-            with memory.watch_growth(required.weights, lambda done, total: report(Loading(done, total))):
+            # Another model's load runs first; its growth is not counted as this one's.
+            with BUILDING_MODELS, memory.watch_growth(required.weights, lambda d, t: report(Loading(d, t))):
                 model = AutoModelForCausalLM.from_pretrained(
                     source,
                     dtype=dtype,

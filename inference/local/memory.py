@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from inference.errors import ModelUnavailable
+from inference.lazy import BUILDING_MODELS
 
 GB = 1000**3
 # Activations, the CUDA context and allocator slack come on top of weights and cache.
@@ -67,7 +68,7 @@ class Need:
 
 def parameter_count(config: PretrainedConfig) -> int:
     """Exact number of parameters of the model ``config`` describes, allocating nothing."""
-    with torch.device("meta"):
+    with BUILDING_MODELS, torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return sum(p.numel() for p in model.parameters())
 

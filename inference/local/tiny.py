@@ -26,6 +26,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from inference.lazy import BUILDING_MODELS
 from inference.local.spm import SPACE, byte_pieces, unigram_tokenizer
 from inference.registry import Architecture
 
@@ -110,8 +111,9 @@ def tiny_config(arch: Architecture, tokenizer: PreTrainedTokenizerFast) -> Pretr
 def build(arch: Architecture, path: Path, tokenizer: PreTrainedTokenizerFast | None = None) -> Path:
     """Write a random-weight ``arch`` model and its tokenizer to ``path``."""
     tokenizer = tokenizer or tiny_tokenizer()
-    torch.manual_seed(SEED)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer), dtype=torch.float32)
+    with BUILDING_MODELS:  # the seed is the process's: one model drawn at a time keeps each the same
+        torch.manual_seed(SEED)
+        model = AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer), dtype=torch.float32)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
