@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import statistics
 import threading
 import time
@@ -20,7 +19,7 @@ from bench import gate, models, server
 from bench.stats import Row, Sample, percentile
 from bench.streaming import MESSAGE, Plain, chat_payload, http_chat
 from inference import TINY_MODELS, Inference, Registry, SamplingOptions
-from inference.local import memory
+from inference.local import kvcache, memory
 from inference.local.backend import TransformersBackend
 from inference.local.spm import from_sentencepiece
 from inference.progress import Downloading, Finished
@@ -83,7 +82,7 @@ def forward_scaling(path: Path, rows: int = 8, context: int = 40, steps: int = 2
     times as much, and no scheduler can make up the difference.
     """
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
-    arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # as the Batcher
+    arg = kvcache.cache_argument(model)
     rate = {}
     with torch.inference_mode():
         for n in (1, rows):

@@ -38,7 +38,6 @@ same reply every time.
 from __future__ import annotations
 
 import collections
-import inspect
 import logging
 import math
 import os
@@ -55,7 +54,7 @@ import torch
 from inference.errors import GenerationFailed, OutOfMemory
 from inference.local.cohort import Cohort
 from inference.local.decoder import IncrementalDecoder
-from inference.local.kvcache import growing_cache
+from inference.local.kvcache import cache_argument, growing_cache
 from inference.local.sampler import FAILED, RowOptions, sample
 from inference.progress import FinishReason, Status, WaitingForMemory
 from inference.sampling import SamplingOptions
@@ -239,9 +238,7 @@ class Batcher:
         self.kv_budget = kv_budget
         """Cache positions (rows × length) all requests together may hold; None: unbounded."""
         self.eos = tokenizer.eos_token_id
-        forward = getattr(model, "forward", model)
-        # transformers 5.24 renamed the cache argument (``past_key_values`` goes in 5.40).
-        self._cache_arg = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+        self._cache_arg = cache_argument(model)
         self._inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._waiting: collections.deque[Request] = collections.deque()  # taken in, not yet prefilled
         self._lock = threading.Lock()

@@ -11,6 +11,7 @@ in place, and only a full buffer is copied into a larger one, every
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -76,3 +77,10 @@ def _grown(old: torch.Tensor, new: torch.Tensor, kept: int, needed: int) -> torc
     if kept:
         buffer[:, :, :kept] = old[:, :, :kept]
     return buffer
+
+
+def cache_argument(model: Any) -> str:
+    """The name under which ``model``'s forward takes the cache: transformers 5.24 renamed it ``cache``
+    (``past_key_values`` goes in 5.40)."""
+    forward = getattr(model, "forward", model)
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
