@@ -267,6 +267,16 @@ def test_deep_links_are_refused_and_write_nothing(running_app: RunningApp) -> No
     assert error_of(call(running_app, "page_chat", page_chat("こんにちは", 4), session)) is None
 
 
+def test_gradios_traffic_dashboard_is_closed(running_app: RunningApp) -> None:
+    """Gradio opens /monitoring by default: every event's timings, per function, to anyone who asks."""
+    session = consenting(running_app)
+    assert error_of(call(running_app, "page_chat", page_chat("こんにちは", 4), session)) is None
+    for route in ("monitoring", "monitoring/summary"):
+        answer = httpx.get(running_app.url.rstrip("/") + "/" + route)
+        assert answer.status_code == 403, (route, answer.text[:200])
+        assert "page_chat" not in answer.text
+
+
 def test_uploads_are_refused_and_nothing_reaches_the_disk(running_app: RunningApp) -> None:
     roots = [Path(tempfile.gettempdir()) / "gradio"]
     before = {p for root in roots if root.exists() for p in root.rglob("*")}

@@ -58,6 +58,12 @@ def trim_overheads(demo: Any) -> None:
             if inspect.isfunction(init) and "__signature__" not in init.__dict__:
                 init.__signature__ = inspect.signature(init)  # type: ignore[attr-defined]
     lean_sessions(demo)
+    if not demo.enable_monitoring:
+        # Gradio recomputes its dashboard's summary after every event, a pandas frame of up to 10,000 past
+        # events with percentiles per function: 4 % of the test suite's CPU, and more as the record grows.
+        # Only the dashboard reads it, and it is off: the summary Gradio began with stands.
+        queue = demo._queue
+        queue.compute_analytics_summary = lambda records: queue.cached_event_analytics_summary
 
 
 class _Unlisted:

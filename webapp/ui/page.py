@@ -119,6 +119,9 @@ def launch_options(settings: Settings | None = None) -> dict[str, Any]:
         os.environ["FORWARDED_ALLOW_IPS"] = ""
         allowed = frozenset(o.strip() for o in settings.allowed_origins.split(",") if o.strip())
         options |= {
+            # Gradio's traffic dashboard: an unauthenticated /monitoring/summary of every event's timings,
+            # bought with a pandas summary of up to 10,000 past events after each event (see trim_overheads).
+            "enable_monitoring": False,
             "max_file_size": settings.max_file_size,
             # Gradio keeps each session's page state in memory: bounded in number, the oldest dropped.
             "state_session_capacity": settings.max_sessions,
