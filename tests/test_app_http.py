@@ -195,6 +195,31 @@ def test_page_serves_the_terms_verbatim(running_app: RunningApp) -> None:
     assert any(terms.en in html_lib.unescape(v) for v in html_values)
 
 
+def test_no_event_keeps_a_loading_status_on_a_layout(running_app: RunningApp) -> None:
+    """The browser copies the value of everything inside each component that has a loading status, at every
+    status message of every event (each streamed update too): a tab or column there meant the whole page,
+    copied at each update of a reply. Events with hidden progress keep no status at all."""
+    config = httpx.get(running_app.url.rstrip("/") + "/config", timeout=10).json()
+    containers: set[int] = set()
+
+    def walk(node: dict) -> None:
+        if "children" in node:
+            containers.add(node["id"])
+            for child in node["children"]:
+                walk(child)
+
+    walk(config["layout"])
+    assert len(containers) > 10  # the page's tabs, columns and groups were found
+    events = [d for d in config["dependencies"] if d["outputs"]]
+    assert any(set(d["outputs"]) & containers for d in events)  # some events do change layouts
+    for d in events:
+        targets = d["show_progress_on"]
+        assert targets is not None, d["api_name"]  # not all outputs, by default
+        assert not set(targets) & containers, d["api_name"]
+        if d["show_progress"] == "hidden":
+            assert targets == [], d["api_name"]
+
+
 def test_readme_api_example_runs(running_app: RunningApp, capsys: pytest.CaptureFixture[str]) -> None:
     """The README's example, pointed at this app and a tiny model, streams a reply."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")

@@ -372,4 +372,23 @@ def build(
         gr.api(user_errors(admin.admin_erase), api_name="admin_erase")
         gr.api(user_errors(ratings.admin_feedback), api_name="admin_feedback")
         gr.api(user_errors(board.admin_arena), api_name="admin_arena")
+    progress_on_components_only(demo)
     return demo
+
+
+def progress_on_components_only(demo: gr.Blocks) -> None:
+    """Gradio's progress shown on an event's output components, never on its layouts, and nowhere when hidden.
+
+    The browser keeps a loading status for every output an event has ever had, and at each status
+    message of any event (each streamed update of a reply among them) it copies the value and props of
+    each of those components, and of everything inside them. Events that switch tabs or show a form
+    list the tabs and columns among their outputs: every streamed update then copied the whole page
+    (the conversation, the terms, every model's entry), most of the browser's work while a reply
+    streams, and more the longer the conversation. A layout shows no progress of its own, and an event
+    with hidden progress shows none at all, so neither needs a status.
+    """
+    for fn in demo.fns.values():
+        if fn.show_progress == "hidden":
+            fn.show_progress_on = []
+        elif fn.show_progress_on is None:
+            fn.show_progress_on = [block for block in fn.outputs if not isinstance(block, gr.blocks.BlockContext)]
