@@ -249,6 +249,12 @@ def test_the_engine_choice() -> None:
 # -- the whole app ---------------------------------------------------------------------------
 
 
+def _interruptible() -> None:
+    """The app hears Ctrl-C as from a terminal: a test run started in the background (``./dev test &``, CI
+    runners) inherits SIGINT ignored, and Python then never installs its handler in the app."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_app(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = os.environ | {
@@ -264,7 +270,9 @@ def start_app(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
         "HF_HUB_OFFLINE": "1",
     }
     log = (tmp_path / "app.log").open("wb")  # read back when the app fails a check
-    app = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    app = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_interruptible
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while True:
