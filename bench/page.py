@@ -20,10 +20,6 @@ import psutil
 
 from bench import server
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--lang=ja-JP"]
-FORM = {"氏名 *": "例 太郎", "メールアドレス *": "example@example.com", "所属 *": "例示大学", "利用目的 *": "動作確認"}
-
 
 def _cpu(processes: list[psutil.Process]) -> float:
     total = 0.0
@@ -64,24 +60,23 @@ def run(replies: int = 12) -> list[tuple[str, float, float, float]]:
     """(step, browser CPU s, app CPU s, wall s) for the page load and each reply."""
     from playwright.sync_api import expect, sync_playwright
 
+    from tests.conftest import CHROMIUM, FLAGS  # the browser and flags of the browser tests
+    from tests.test_browser import accept
+
     out = []
     with tempfile.TemporaryDirectory(prefix="llmjp-page-") as tmp:
         app = server.app(Path(tmp), extra={"LLMJP_DEFAULT_MODEL": "tiny-llama"})
         try:
             meter = _Meter(psutil.Process(app.process.pid))
             with sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+                browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
                 page = browser.new_context(locale="ja-JP", viewport={"width": 1280, "height": 1000}).new_page()
                 with meter:
                     page.goto(app.url, wait_until="load")
                     page.get_by_role("button", name="同意する", exact=True).wait_for(timeout=60_000)
                 out.append(("page load", meter.browser, meter.server, meter.wall))
-                for label, value in FORM.items():
-                    page.get_by_label(label).fill(value)
-                page.get_by_label("上記の利用規約に同意します *").check()
-                page.get_by_role("button", name="同意する", exact=True).click()
+                accept(page)
                 box = page.locator("#chat-message textarea")
-                expect(box).to_be_visible(timeout=60_000)
                 for i in range(replies + 1):  # the first loads the model: not counted
                     with meter:
                         box.fill(f"こんにちは {i}")
