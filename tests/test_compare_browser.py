@@ -144,12 +144,14 @@ def test_stop_ends_both_replies_and_the_next_round_works(
         stop = page.locator("#compare-stop")
         expect(stop).to_be_visible(timeout=20_000)  # Send became Stop
         expect(page.locator("#compare-send")).to_be_hidden()
-        for side in ("a", "b"):
-            expect(page.locator(f"#compare-{side} [data-testid='bot']").last).not_to_have_text("", timeout=20_000)
+        # Each column's first round: its note (「生成中…」 while pending), then the reply once a token came.
+        replies = [page.locator(f"#compare-{side} [data-testid='bot']").nth(1) for side in ("a", "b")]
+        for reply in replies:
+            expect(reply).not_to_have_text("", timeout=20_000)
         assert page.locator("#compare .loading-spinner").count() >= 1
         ARTIFACTS.mkdir(exist_ok=True)
         page.locator("#compare").screenshot(path=str(ARTIFACTS / f"compare-stopping-{name}.png"))
-        written = [page.locator(f"#compare-{side} [data-testid='bot']").last.inner_text() for side in ("a", "b")]
+        written = [reply.inner_text() for reply in replies]
         stop.click()
         # Both end within seconds; each keeps what it had, marked as stopped.
         for side in ("a", "b"):
@@ -157,9 +159,9 @@ def test_stop_ends_both_replies_and_the_next_round_works(
         expect(page.locator("#compare-send")).to_be_visible(timeout=5_000)
         expect(stop).to_be_hidden()
         assert page.locator("#compare .loading-spinner").count() == 0
-        for side, text in zip(("a", "b"), written, strict=True):
-            shown = page.locator(f"#compare-{side} [data-testid='bot']").last.inner_text()
-            assert shown.startswith(text.strip()) and shown.strip(), (side, text, shown)
+        for reply, text in zip(replies, written, strict=True):
+            shown = reply.inner_text()
+            assert shown.startswith(text.strip()) and shown.strip(), (text, shown)
         expect(page.locator("#compare-result")).to_contain_text("停止しました")
         page.locator("#compare").screenshot(path=str(ARTIFACTS / f"compare-stopped-{name}.png"))
     finally:
