@@ -31,6 +31,9 @@ class GrowingLayer(DynamicLayer):
     buffers; the next update moves them into new ones.
     """
 
+    # DynamicLayer's own attributes, restated because the type check does not read transformers.
+    keys: torch.Tensor | None
+    values: torch.Tensor | None
     _buffers: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def update(
