@@ -1,7 +1,7 @@
 """What the chat page costs the visitor's browser and the server, reply by reply.
 
-``python -m bench.page [replies]``: the real app (``python app.py``, tiny models) and Debian's Chromium
-(headless, through Playwright; ``./dev test`` installs both). One visitor accepts the terms, then sends
+``python -m bench.page [replies]``: the real app (``python app.py``, tiny models) and the browser tests'
+Chromium (Debian's headless shell, through Playwright; ``./dev test`` installs both). One visitor accepts the terms, then sends
 ``replies`` messages in one conversation, each reply the tiny Llama's 64 tokens. For the page load and
 for each reply: the CPU seconds of every Chromium process, of the app's process, and the time from
 Enter to Send showing again. The conversation grows as it goes: the last replies show what a longer

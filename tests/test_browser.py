@@ -36,7 +36,7 @@ def accept(page, name: str = "例 太郎", email: str = "example@example.com") -
 def page():
     from playwright.sync_api import sync_playwright
 
-    assert CHROMIUM.exists(), "Debian's chromium is required (./dev test installs it)"
+    assert CHROMIUM.exists(), "Debian's chromium-headless-shell is required (./dev test installs it)"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
         context = browser.new_context(locale="ja-JP", viewport={"width": 1280, "height": 1400})
