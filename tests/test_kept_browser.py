@@ -55,9 +55,12 @@ def signed_in(browser, app: RunningApp):
     return context, page
 
 
-def new_chat(page) -> None:
+def new_chat(page, kept: int) -> None:
+    """Start a new conversation once the open one is kept (``kept`` listed): the last of the events after a
+    reply keeps it, a moment after Send shows again, and a New chat pressed before then leaves it unlisted."""
     from playwright.sync_api import expect
 
+    expect(page.locator("#chat-list label")).to_have_count(kept, timeout=10_000)
     page.locator("#new-chat").click()
     expect(page.locator('#chatbot [data-testid="user"]')).to_have_count(0, timeout=10_000)
 
@@ -87,7 +90,7 @@ def test_two_devices_of_one_account_share_the_list_and_anonymous_visitors_get_no
         expect(page.locator(option)).to_be_visible(timeout=15_000)
         expect(page.locator(option)).not_to_be_checked()  # off by default
         ask(page, "ノートの一つ目")
-        new_chat(page)
+        new_chat(page, kept=1)
         ask(page, "ノートの二つ目")
         # Both kept in this browser, and nothing on the server before the visitor opts in.
         expect(page.locator("#chat-list label")).to_have_count(2, timeout=10_000)
@@ -95,7 +98,7 @@ def test_two_devices_of_one_account_share_the_list_and_anonymous_visitors_get_no
         page.locator(option).check()
         expect(page.get_by_text("会話をサーバーにも保存しました")).to_be_visible(timeout=10_000)
         counts(app, [("hf:alice", 2)])
-        new_chat(page)
+        new_chat(page, kept=2)
         ask(page, "ノートの三つ目")  # from now on each save goes to the server too
         # The list shows it once the save (server first, then this browser) has returned.
         expect(page.locator("#chat-list label")).to_have_count(3, timeout=10_000)
@@ -122,7 +125,7 @@ def test_two_devices_of_one_account_share_the_list_and_anonymous_visitors_get_no
         # An anonymous visitor: no option, and however many conversations they keep, no row on the server.
         anonymous, stranger = visitor(browser, app, LAPTOP)
         ask(stranger, "匿名の一つ目")
-        new_chat(stranger)
+        new_chat(stranger, kept=1)
         ask(stranger, "匿名の二つ目")
         expect(stranger.locator("#chat-list label")).to_have_count(2, timeout=10_000)
         expect(stranger.locator(option)).to_have_count(0)
