@@ -78,10 +78,15 @@ def call(
 
 def refusal_of(response: httpx.Response) -> str:
     """The message of a request refused before it reached the queue (a validation list, a detail, or text)."""
+    return refusal_in(response.content)
+
+
+def refusal_in(body: bytes) -> str:
+    """``refusal_of`` for a response's raw body."""
     try:
-        detail = response.json().get("detail")
-    except ValueError:
-        return response.text
+        detail = json.loads(body).get("detail")
+    except (ValueError, AttributeError):
+        return body.decode("utf-8", errors="replace")
     if isinstance(detail, list):
         return " ".join(str(d.get("message")) for d in detail if isinstance(d, dict))
     return str(detail)
