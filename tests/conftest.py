@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import webapp  # noqa: F401  # first: every later Gradio import in this process skips its stub writer
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 TOKENIZERS = SHARED / "data" / "llm-jp-tokenizer"

@@ -114,3 +114,22 @@ def test_light_entry_points_leave_heavy_packages_unimported(code: str) -> None:
     loaded = set(ast.literal_eval(out.stdout.splitlines()[-1]))
     assert "db" in loaded or "webapp" in loaded  # the code above did run
     assert loaded.isdisjoint({"gradio", "torch", "transformers"}), loaded & {"gradio", "torch", "transformers"}
+
+
+def test_gradio_is_imported_without_its_stub_writer() -> None:
+    """Through the app's package, Gradio's import skips rewriting its type stubs, and nothing else changes:
+    components still get their events, and the app's page builds."""
+    check = (
+        "import webapp, gradio, gradio.component_meta as meta\n"
+        "from webapp import gradio_import\n"
+        "assert meta.create_or_modify_pyi is gradio_import._no_stub, meta.create_or_modify_pyi\n"
+        "assert callable(gradio.Textbox().submit) and callable(gradio.Chatbot().retry)\n"
+        "from webapp.factory import create_app\n"
+        "from webapp.settings import Settings\n"
+        "import tempfile\n"
+        "create_app(Settings(data_dir=tempfile.mkdtemp(), models='tiny', hub_offline=True))\n"
+        "print('built')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[-1] == "built"
