@@ -85,7 +85,7 @@ def refusal_in(body: bytes) -> str:
     """``refusal_of`` for a response's raw body."""
     try:
         detail = json.loads(body).get("detail")
-    except (ValueError, AttributeError):
+    except ValueError:
         return body.decode("utf-8", errors="replace")
     if isinstance(detail, list):
         return " ".join(str(d.get("message")) for d in detail if isinstance(d, dict))

@@ -116,7 +116,7 @@ def test_light_entry_points_leave_heavy_packages_unimported(code: str) -> None:
     assert loaded.isdisjoint({"gradio", "torch", "transformers"}), loaded & {"gradio", "torch", "transformers"}
 
 
-def test_gradio_is_imported_without_its_stub_writer() -> None:
+def test_gradio_is_imported_without_its_stub_writer(tmp_path: Path) -> None:
     """Through the app's package, Gradio's import skips rewriting its type stubs, and nothing else changes:
     components still get their events, and the app's page builds."""
     check = (
@@ -126,8 +126,7 @@ def test_gradio_is_imported_without_its_stub_writer() -> None:
         "assert callable(gradio.Textbox().submit) and callable(gradio.Chatbot().retry)\n"
         "from webapp.factory import create_app\n"
         "from webapp.settings import Settings\n"
-        "import tempfile\n"
-        "create_app(Settings(data_dir=tempfile.mkdtemp(), models='tiny', hub_offline=True))\n"
+        f"create_app(Settings(data_dir={str(tmp_path)!r}, models='tiny', hub_offline=True))\n"
         "print('built')\n"
     )
     out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from importlib.abc import MetaPathFinder
-from importlib.machinery import ModuleSpec, PathFinder
+from importlib.machinery import ModuleSpec, PathFinder, SourceFileLoader, SourcelessFileLoader
 from types import ModuleType
 
 MODULE = "gradio.component_meta"
@@ -30,7 +30,8 @@ class _WithoutStubWriter(MetaPathFinder):
         if fullname != MODULE:
             return None
         spec = PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
+        # A file loader is made for this one spec, so wrapping its exec_module touches no other module.
+        if spec is None or not isinstance(spec.loader, SourceFileLoader | SourcelessFileLoader):
             return spec
         loader, exec_module = spec.loader, spec.loader.exec_module
 
