@@ -132,3 +132,20 @@ def test_gradio_is_imported_without_its_stub_writer(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines()[-1] == "built"
+
+
+def test_gradio_imported_before_the_app_writes_no_stub_into_the_app() -> None:
+    """Gradio imported first (a script of one's own): the app's component still writes no ``.pyi`` beside it."""
+    check = (
+        "import gradio, gradio.component_meta as meta\n"
+        "import webapp.ui.conversation\n"
+        "from webapp import gradio_import\n"
+        "assert meta.create_or_modify_pyi is gradio_import._no_stub, meta.create_or_modify_pyi\n"
+        "print('imported')\n"
+    )
+    stub = ROOT / "webapp" / "ui" / "conversation.pyi"
+    assert not stub.exists()
+    out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[-1] == "imported"
+    assert not stub.exists()

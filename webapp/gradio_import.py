@@ -45,6 +45,10 @@ class _WithoutStubWriter(MetaPathFinder):
 
 
 def install() -> None:
-    """Before Gradio is imported in this process (later calls, or after the import, change nothing)."""
-    if MODULE not in sys.modules and not any(isinstance(f, _WithoutStubWriter) for f in sys.meta_path):
+    """Before Gradio is imported in this process, or after it: then Gradio's own classes have had their stubs
+    written, and the ones defined from now on (the app's ``Conversation``) write none into the app's tree."""
+    if MODULE in sys.modules:
+        if callable(getattr(sys.modules[MODULE], WRITER, None)):
+            setattr(sys.modules[MODULE], WRITER, _no_stub)
+    elif not any(isinstance(f, _WithoutStubWriter) for f in sys.meta_path):
         sys.meta_path.insert(0, _WithoutStubWriter())
