@@ -62,6 +62,7 @@ def run(replies: int = 12) -> list[tuple[str, float, float, float]]:
 
     from tests.conftest import CHROMIUM, FLAGS  # the browser and flags of the browser tests
     from tests.test_browser import accept
+    from tests.test_chat_browser import set_slider
 
     out = []
     with tempfile.TemporaryDirectory(prefix="llmjp-page-") as tmp:
@@ -76,6 +77,7 @@ def run(replies: int = 12) -> list[tuple[str, float, float, float]]:
                     page.get_by_role("button", name="同意する", exact=True).wait_for(timeout=60_000)
                 out.append(("page load", meter.browser, meter.server, meter.wall))
                 accept(page)
+                set_slider(page, "max_new_tokens", 64)  # the tiny models' default is 16
                 box = page.locator("#chat-message textarea")
                 for i in range(replies + 1):  # the first loads the model: not counted
                     with meter:
