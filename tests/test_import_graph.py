@@ -145,7 +145,10 @@ def test_gradio_imported_before_the_app_writes_no_stub_into_the_app() -> None:
     )
     stub = ROOT / "webapp" / "ui" / "conversation.pyi"
     assert not stub.exists()
-    out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.splitlines()[-1] == "imported"
-    assert not stub.exists()
+    try:
+        out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.splitlines()[-1] == "imported"
+        assert not stub.exists()
+    finally:
+        stub.unlink(missing_ok=True)  # a failure leaves no file in the source tree to fail the next run with
